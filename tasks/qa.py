@@ -1,0 +1,27 @@
+"""Extractive question answering (SQuAD v1.1): answer with a short span copied from the passage."""
+
+from tasks import register
+from tasks.spec import LoraSettings, TaskSpec, TrainSettings
+
+SPEC = register(TaskSpec(
+    name="qa",
+    description="Answer a question about a passage with a short span copied from it.",
+    dataset="rajpurkar/squad",
+    local_dir="squad",
+    input_columns=("context", "question"),
+    target_column="answers.text",
+    metric="squad",
+    templates=(
+        "Answer the question with a short span copied from the passage.\n\nPassage: {context}\n\nQuestion: {question}",
+        "{context}\n\nBased on the text above, answer briefly: {question}",
+        "Read the passage and answer the question with a few words from it.\nPassage: {context}\nQuestion: {question}",
+        "Question: {question}\nContext: {context}\nExtract the answer from the context.",
+        "Context:\n{context}\n\nQ: {question}\nA (short span from the context):",
+    ),
+    truncate_column="context",
+    max_new_tokens=24,
+    lora=LoraSettings(r=16, alpha=32, layers=10),
+    train=TrainSettings(learning_rate=3e-4, batch_size=8, max_examples=320),
+    ood={"dataset": "covid_qa", "split": "test"},
+    license="cc-by-sa-4.0",
+))

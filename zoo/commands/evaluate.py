@@ -1,0 +1,96 @@
+"""`zoo eval [NAME...]`: adapter vs base on each task's validation sample; reports and manifest metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from zoo.errors import ZooError
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="adapters to evaluate (default: every healthy adapter)")
+    p.add_argument("-n", "--n", type=int, default=200, help="examples per task (a fixed, seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
+    p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
+    p.add_argument("--router", action="store_true", help="evaluate the router instead (reports/router.md)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+
+
+def run(args) -> int:
+    from zoo.store import Zoo
+
+    zoo = Zoo(args.zoo)
+    if args.n < 1:
+        raise ZooError("-n must be at least 1")
+    if args.router:
+        from router.report import write_router_report
+
+        result = write_router_report(zoo, data_dir=args.data_dir)
+        print(json.dumps(result, indent=2) if args.json else f"[zoo] wrote {zoo.reports_dir / 'router.md'}")
+        return 0
+    names = args.names or zoo.healthy()
+    if not names:
+        raise ZooError(f"no adapters to evaluate in {zoo.root}; train some with `zoo train TASK`")
+    for name in names:
+        zoo.get(name)
+    if args.tasks:
+        return cross_task(zoo, names, args)
+    return per_task(zoo, names, args)
+
+
+def per_task(zoo, names, args) -> int:
+    from tasks import get_task
+    from zoo.evaluation import evaluate, summary
+    from zoo.reports import read_loss_log, write_task_report
+    from zoo.runtime import Runtime
+
+    runtime = Runtime(zoo)
+    results = []
+    for name in names:
+        spec = get_task(zoo.get(name)["task"])
+        result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed)
+        write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
+        zoo.set_metrics(name, "eval", summary(result))
+        results.append(summary(result))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+        print(f"[zoo] reports in {zoo.reports_dir}")
+    return 0
+
+
+def cross_task(zoo, names, args) -> int:
+    """Each adapter on several tasks (how a blend does everywhere)."""
+    from tasks import all_tasks, get_task
+    from zoo.evaluation import evaluate_adapter_on_task
+    from zoo.runtime import Runtime
+
+    specs = list(all_tasks().values()) if args.tasks == ["all"] else [get_task(t) for t in args.tasks]
+    runtime = Runtime(zoo)
+    results = []
+    for name in names:
+        scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir,
+                                                   seed=args.seed) for s in specs}
+        results.append({"name": name, "n": args.n, "tasks": scores})
+        zoo.set_metrics(name, "tasks", scores)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            for task, sc in r["tasks"].items():
+                print(f"{r['name']:<20} {task:<15} " + "  ".join(f"{k}={v:.3f}" for k, v in sc.items()))
+    return 0
+
+
+def print_table(results: list[dict]) -> None:
+    from zoo.reports import fmt
+
+    print(f"{'adapter':<18}{'task':<15}{'metric':<10}{'base':>9}{'adapter':>9}{'change':>9}")
+    for r in results:
+        m = r["metric"]
+        b, a = r["base"][m], r["adapter"][m]
+        print(f"{r['name']:<18}{r['task']:<15}{m:<10}{fmt(m, b):>9}{fmt(m, a):>9}{a - b:>+9.3g}")

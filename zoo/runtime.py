@@ -1,0 +1,175 @@
+"""One runtime: the base loaded once, every healthy adapter of the zoo attached to it, any mix per batch.
+
+Adapters are loaded into one `PeftModel` by name; switching costs no reload. A batch whose prompts go to
+different adapters runs as one forward pass per step (PEFT's `adapter_names`), not one adapter at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+from zoo.base import DEFAULT_BASE, check_same_base, load_base
+from zoo.errors import ZooError
+from zoo.prompting import text_prompt_ids
+from zoo.store import Zoo
+
+NONE = "none"
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in mixed batches
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+class Runtime:
+    def __init__(self, zoo: Zoo | str | None = None, base: str | None = None, quant: bool = True,
+                 device: str | None = None):
+        self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+        entries = self.zoo.entries() if self.zoo.manifest_path.exists() else {}
+        base = base or next((e["base"]["id"] for e in entries.values() if e.get("base")), DEFAULT_BASE)
+        self.loaded = load_base(base, quant=quant, device=device)
+        self.tokenizer = self.loaded.tokenizer
+        self.model = None  # becomes a PeftModel with the first adapter
+        self.lock = threading.RLock()  # generation and adapter changes are serialized on the shared model
+        self._router = None
+
+    # adapters ------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return sorted(self.model.peft_config) if self.model is not None else []
+
+    def available(self) -> list[str]:
+        """Adapters of the zoo that are healthy and trained on this base."""
+        names = []
+        for name in self.zoo.healthy():
+            try:
+                check_same_base(self.zoo.get(name), self.loaded.ref)
+            except ZooError:
+                continue
+            names.append(name)
+        return names
+
+    def load_adapter(self, name: str) -> None:
+        with self.lock:
+            if name in self.adapters:
+                return
+            entry = self.zoo.get(name)
+            check_same_base(entry, self.loaded.ref)
+            bad = [p for p in self.zoo.problems() if p.name == name]
+            if bad:
+                raise ZooError(f"adapter {name!r} is damaged: {bad[0]}")
+            path = str(self.zoo.adapter_dir(name))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if self.model is None:
+                    from peft import PeftModel
+
+                    self.model = PeftModel.from_pretrained(self.loaded.model, path, adapter_name=name,
+                                                           is_trainable=False)
+                else:
+                    self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+            self.model.eval()
+
+    def load_all(self) -> list[str]:
+        for name in self.available():
+            self.load_adapter(name)
+        return self.adapters
+
+    def close(self) -> None:
+        """Give the shared base back without LoRA layers (e.g. before training in the same process)."""
+        with self.lock:
+            if self.model is not None:
+                self.model.unload()
+                self.model = None
+
+    # routing -------------------------------------------------------------------------
+    @property
+    def router(self):
+        if self._router is None:
+            from router import load_router
+
+            self._router = load_router(self.zoo)
+        return self._router
+
+    def route(self, prompts: list[str]) -> list[dict]:
+        """Route each prompt to an adapter of this zoo (or `none`), with the router's probabilities."""
+        from router import route_to_adapter
+
+        out = []
+        for r in self.router.route(prompts):
+            adapter = route_to_adapter(self.zoo, r["route"]) if r["route"] != NONE else None
+            out.append({**r, "adapter": adapter or NONE})
+        return out
+
+    # generation ----------------------------------------------------------------------
+    def generate(self, prompts: list[str] | str, adapter: str | list[str] = "auto",
+                 max_new_tokens: int | None = None, batch_size: int = 8) -> list[dict]:
+        """Answer prompts: each gets `{"adapter", "answer"}` (+ `"route", "probs"` when auto-routed)."""
+        single = isinstance(prompts, str)
+        prompts = [prompts] if single else list(prompts)
+        for p in prompts:
+            if not isinstance(p, str) or not p.strip():
+                raise ZooError("empty prompt: give some text to answer")
+        if adapter == "auto":
+            routes = self.route(prompts)
+            names = [r["adapter"] for r in routes]
+        else:
+            routes = [{} for _ in prompts]
+            names = [adapter] * len(prompts) if isinstance(adapter, str) else list(adapter)
+        budget = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 8192
+        budget = min(budget, getattr(self.loaded.model.config, "max_position_embeddings", budget))
+        new = max_new_tokens or max(self._default_new_tokens(n) for n in names)
+        ids = [text_prompt_ids(self.tokenizer, p, budget - new) for p in prompts]
+        answers = self.generate_ids(ids, names, max_new_tokens=new, batch_size=batch_size)
+        out = [{**r, "adapter": n, "answer": a} for r, n, a in zip(routes, names, answers)]
+        return out[0] if single else out
+
+    def _default_new_tokens(self, adapter: str) -> int:
+        if adapter == NONE:
+            return DEFAULT_MAX_NEW_TOKENS
+        from tasks import all_tasks
+
+        spec = all_tasks().get(self.zoo.get(adapter).get("task"))
+        return spec.max_new_tokens if spec else DEFAULT_MAX_NEW_TOKENS
+
+    def generate_ids(self, prompt_ids: list[list[int]], adapters: str | list[str], max_new_tokens: int,
+                     batch_size: int = 8) -> list[str]:
+        """Greedy batched generation with the KV cache; prompts sorted by length so batches pad little."""
+        names = [adapters] * len(prompt_ids) if isinstance(adapters, str) else list(adapters)
+        for name in set(names) - {NONE}:
+            self.load_adapter(name)
+        order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+        out: list[str] = [""] * len(prompt_ids)
+        with self.lock:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                texts = self._generate_chunk([prompt_ids[i] for i in chunk], [names[i] for i in chunk],
+                                             max_new_tokens)
+                for i, t in zip(chunk, texts):
+                    out[i] = t
+        return out
+
+    def _generate_chunk(self, ids: list[list[int]], names: list[str], max_new_tokens: int) -> list[str]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.loaded.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.loaded.device)
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                      pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gen = self._generate_with(names, kwargs)
+        return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+
+    def _generate_with(self, names: list[str], kwargs: dict):
+        model = self.model
+        if model is None:  # no adapter loaded at all: plain base
+            return self.loaded.model.generate(**kwargs)
+        uniq = set(names)
+        if uniq == {NONE}:
+            with model.disable_adapter():
+                return model.generate(**kwargs)
+        if len(uniq) == 1:
+            model.set_adapter(names[0])
+            return model.generate(**kwargs)
+        return model.generate(**kwargs, adapter_names=[BASE_ADAPTER if n == NONE else n for n in names])
