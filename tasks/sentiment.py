@@ -21,8 +21,8 @@ SPEC = register(TaskSpec(
         "Sentiment analysis. Text: {sentence}\nLabel (positive/negative):",
     ),
     max_new_tokens=3,
-    lora=LoraSettings(r=16, alpha=32, layers=10),
-    train=TrainSettings(learning_rate=3e-4, batch_size=8, max_examples=640),
+    lora=LoraSettings(r=16, alpha=32),
+    train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=400),
     ood={"dataset": "uci_sentiment", "split": "test"},
     license="unknown (SST, Socher et al. 2013)",
 ))

@@ -56,6 +56,7 @@ class TrainSettings:
     optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (bnb 8-bit ok)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     max_seq_len: int = field(default=768, metadata={"help": "longer prompts are cut in the middle of the passage"})
+    row_tokens: int = field(default=512, metadata={"help": "packed row length (attention cost grows with its square)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = field(default=0, metadata={"help": "seed for sampling, shuffling and init"})

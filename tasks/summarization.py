@@ -20,8 +20,8 @@ SPEC = register(TaskSpec(
     ),
     truncate_column="dialogue",
     max_new_tokens=60,
-    lora=LoraSettings(r=16, alpha=32, layers=10),
-    train=TrainSettings(learning_rate=3e-4, batch_size=8, max_examples=320),
+    lora=LoraSettings(r=16, alpha=32),
+    train=TrainSettings(learning_rate=5e-4, batch_size=8, max_examples=240),
     ood={"dataset": "scitldr", "split": "test", "columns": {"dialogue": "source"}},
     license="cc-by-nc-sa-4.0",
 ))

@@ -2,29 +2,12 @@
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 
-from zoo.base import load_base, resolve_base
+from tests.helpers import make_adapter
+from zoo.base import load_base
 from zoo.errors import ZooError
 from zoo.runtime import Runtime
 from zoo.store import Zoo
-
-
-def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int) -> None:
-    """A random (non-zero) LoRA adapter registered in the zoo, as if trained."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(model, cfg)
-    for n, p in peft_model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.5)
-    peft_model.save_pretrained(zoo.adapter_dir(name))
-    ref = resolve_base(str(base_dir))
-    zoo.put(name, {"name": name, "task": task, "kind": "trained",
-                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False}})
 
 
 @pytest.fixture

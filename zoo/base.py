@@ -118,6 +118,10 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, hub_id: str) -> 
 def _hub_path(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
+    from zoo.hubnet import require_hub
+
+    require_hub(f"base {repo_id!r}", f"pass a local model folder with --base, or use the embedded {DEFAULT_BASE!r}",
+                cached=lambda: _cached_snapshot(repo_id))
     try:
         return Path(snapshot_download(repo_id, allow_patterns=SAFE_PATTERNS))
     except Exception as e:  # network, auth, missing repo: all mean "cannot get this base"
@@ -125,6 +129,12 @@ def _hub_path(repo_id: str) -> Path:
             f"could not download base {repo_id!r} from the Hub ({type(e).__name__}); check the id and network, "
             f"or pass a local model folder with --base, or use the embedded {DEFAULT_BASE!r}"
         ) from None
+
+
+def _cached_snapshot(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def fingerprint(path: Path) -> str:
@@ -200,6 +210,9 @@ def _load(ref: BaseRef, quant: bool, device: str) -> LoadedBase:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a 135M model loads in seconds: no bar on stderr
     dtype = pick_compute_dtype(device)
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if quant:

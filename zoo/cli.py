@@ -28,14 +28,21 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoo", default=None, help="zoo folder (default: $ZOO_DIR or ./zoo-out)")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All commands are listed; only `only` (or every one, when None) has its module imported and configured."""
-    parser = argparse.ArgumentParser(prog="zoo", description="A zoo of QLoRA task adapters on one shared base.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="zoo", description="A zoo of QLoRA task adapters on one shared base.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_common(p)
@@ -70,3 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: one line by default, the traceback with ZOO_DEBUG=1
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"zoo {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with ZOO_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1

@@ -55,6 +55,10 @@ def read_jsonl(path: Path) -> list[dict]:
 def _hub_rows(spec, split: str) -> list[dict]:
     import datasets
 
+    from zoo.hubnet import require_hub
+
+    require_hub(f"task {spec.name}: dataset {spec.dataset!r}",
+                f"set ZOO_DATA_DIR (or --data-dir) to a folder with {spec.local_dir or spec.name}/{split}.jsonl")
     try:
         ds = datasets.load_dataset(spec.dataset, spec.dataset_config, split=split)
     except Exception as e:  # offline, missing repo or split: one actionable message

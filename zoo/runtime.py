@@ -73,6 +73,17 @@ class Runtime:
             self.load_adapter(name)
         return self.adapters
 
+    def release_memory(self) -> None:
+        """Hand freed memory back to the OS after a burst of requests (glibc keeps it per thread otherwise)."""
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: nothing to trim
+            pass
+
     def close(self) -> None:
         """Give the shared base back without LoRA layers (e.g. before training in the same process)."""
         with self.lock:
@@ -173,3 +184,42 @@ class Runtime:
             model.set_adapter(names[0])
             return model.generate(**kwargs)
         return model.generate(**kwargs, adapter_names=[BASE_ADAPTER if n == NONE else n for n in names])
+
+    def stream(self, prompt: str, adapter: str = NONE, max_new_tokens: int | None = None):
+        """Yield the answer to one prompt as it grows (same greedy decoding as `generate`), for live display.
+
+        `generate` runs in a thread under `self.lock` and feeds a `TextIteratorStreamer`; an error there ends the
+        stream and is raised here. Do not hold `self.lock` while iterating: the thread needs it."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ZooError("empty prompt: give some text to answer")
+        if adapter != NONE:
+            self.load_adapter(adapter)
+        budget = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 8192
+        budget = min(budget, getattr(self.loaded.model.config, "max_position_embeddings", budget))
+        new = max_new_tokens or self._default_new_tokens(adapter)
+        ids = torch.tensor([text_prompt_ids(self.tokenizer, prompt, budget - new)], device=self.loaded.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                      use_cache=True, streamer=streamer)
+        failed: list[BaseException] = []
+
+        def work():
+            try:
+                with self.lock, torch.inference_mode(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._generate_with([adapter], kwargs)
+            except BaseException as e:  # handed to the reader below; end() unblocks it
+                failed.append(e)
+                streamer.end()
+
+        threading.Thread(target=work, daemon=True, name="zoo-stream").start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text
+        if failed:
+            raise failed[0]

@@ -2,8 +2,8 @@
 
 Why it is faster than the usual recipe (see `zoo bench`):
 - examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and
-- the LM head runs only at answer positions (`logits_to_keep`): the 49k-word head is ~20% of the FLOPs, and
-- by default LoRA sits on the top layers only, so backward stops there (no input grads are switched on).
+- the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
+- `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on).
 """
 
 from __future__ import annotations
@@ -34,38 +34,74 @@ def build_examples(spec, tokenizer, rows: list[dict], max_len: int, seed: int) -
     return out
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: group example indices into rows of at most `capacity` tokens."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+        else:
+            rows[slot].append(i)
+            room[slot] -= lengths[i]
+    return rows
+
+
 class PackedCollator:
-    """Packs a batch of examples into one row: no padding, positions restart at every example.
+    """Packs a batch of examples into a few rows of about `row_tokens` tokens; positions restart per example.
 
     With `attention_mask=None` and restarting `position_ids`, transformers builds a block-diagonal causal mask,
-    so packed examples never see each other. `logits_to_keep` lists the positions that predict answer tokens.
+    so packed examples never see each other. Rows stay short because attention cost grows with the square of
+    the row length (one 2,000-token row spends more on masked-out attention than on the whole MLP). The few
+    pad tokens that even the rows out form a block of their own, and no logits are computed for them:
+    `rows`/`cols` index only the positions that predict answer tokens.
     """
+
+    def __init__(self, pad_id: int = 0, row_tokens: int = 512):
+        self.pad_id = pad_id
+        self.row_tokens = row_tokens
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        ids, pos, keep, targets = [], [], [], []
-        for f in features:
-            start, seq, p = len(ids), f["input_ids"], f["n_prompt"]
-            ids += seq
-            pos += range(len(seq))
-            keep += range(start + p - 1, start + len(seq) - 1)
-            targets += seq[p:]
+        lengths = [len(f["input_ids"]) for f in features]
+        groups = pack_rows(lengths, max(self.row_tokens, max(lengths)))
+        width = max(sum(lengths[i] for i in g) for g in groups)
+        ids, pos, rows, cols, targets = [], [], [], [], []
+        for r, group in enumerate(groups):
+            row_ids, row_pos = [], []
+            for i in group:
+                seq, p = features[i]["input_ids"], features[i]["n_prompt"]
+                cols += range(len(row_ids) + p - 1, len(row_ids) + len(seq) - 1)
+                rows += [r] * (len(seq) - p)
+                targets += seq[p:]
+                row_ids += seq
+                row_pos += range(len(seq))
+            pad = width - len(row_ids)
+            ids.append(row_ids + [self.pad_id] * pad)
+            pos.append(row_pos + list(range(pad)))
         return {
-            "input_ids": torch.tensor([ids]),
-            "position_ids": torch.tensor([pos]),
-            "logits_to_keep": torch.tensor(keep),
+            "input_ids": torch.tensor(ids),
+            "position_ids": torch.tensor(pos),
+            "rows": torch.tensor(rows),
+            "cols": torch.tensor(cols),
             "targets": torch.tensor(targets),
         }
 
 
 def answer_loss(model, inputs: dict):
-    """Mean cross-entropy over answer tokens, computing logits only where they are needed."""
+    """Mean cross-entropy over answer tokens; the LM head runs only at the positions that predict them."""
     import torch.nn.functional as F
 
-    out = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                logits_to_keep=inputs["logits_to_keep"], use_cache=False)
-    logits = out.logits[0].float()
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live in place
+    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                              use_cache=False).last_hidden_state
+    logits = lm.get_output_embeddings()(hidden[inputs["rows"], inputs["cols"]]).float()
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * (logits / cap).tanh()
     return F.cross_entropy(logits, inputs["targets"])
 
 
@@ -93,7 +129,7 @@ def attach_adapter(base_model, lora, name: str):
 
 
 # trainer ------------------------------------------------------------------------
-def make_trainer(model, examples, args_kwargs: dict, callbacks=()):
+def make_trainer(model, examples, args_kwargs: dict, collator: PackedCollator, callbacks=()):
     from transformers import Trainer, TrainingArguments
 
     class PackedTrainer(Trainer):
@@ -105,7 +141,7 @@ def make_trainer(model, examples, args_kwargs: dict, callbacks=()):
 
     args = TrainingArguments(remove_unused_columns=False, report_to="none", include_num_input_tokens_seen="all",
                              dataloader_num_workers=0, **args_kwargs)
-    return PackedTrainer(model=model, args=args, train_dataset=examples, data_collator=PackedCollator(),
+    return PackedTrainer(model=model, args=args, train_dataset=examples, data_collator=collator,
                          callbacks=list(callbacks))
 
 
@@ -173,7 +209,8 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
             steps = total_steps(train, len(examples))
             args["warmup_steps"] = int(steps * train.warmup_ratio)
             args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
-            trainer = make_trainer(model, examples, args)
+            collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
+            trainer = make_trainer(model, examples, args, collator)
             print(f"[zoo] training {name!r} ({spec.name}): {len(examples)} examples, "
                   f"{sum(len(e['input_ids']) for e in examples)} tokens, LoRA r={spec.lora.r} "
                   f"on {spec.lora.layers or 'all'} layers", flush=True)

@@ -1,11 +1,135 @@
-"""`zoo bench`: not implemented yet."""
+"""`zoo bench [--quick] [--json]`: our training and runtime vs the textbook QLoRA recipe, in one run.
 
-from zoo.errors import ZooError
+Prints a table with a PASS/FAIL line per bar (or, with --json, the whole result as one JSON object) and saves
+the result with machine info as bench/results-<date>[-quick].json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
-def configure(p):
-    pass
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="small sizes: the whole bench in under 10 minutes")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: seconds, not meaningful
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no fresh processes
+    p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
+    p.add_argument("--out", default=None, help="result file or folder (default: bench/ in the repository)")
+    p.add_argument("--base", default=None, help="base model (default: the embedded smollm2-135m)")
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--only", default=None, help="comma list of sections: train,inference,memory,router")
+    p.add_argument("--train-examples", type=int, default=None, help="examples per recipe per task")
+    p.add_argument("--eval-n", type=int, default=None, help="validation rows scored per trained adapter")
 
 
-def run(args):
-    raise ZooError("`zoo bench` is not implemented yet")
+def run(args) -> int:
+    from zoo.bench import config_for, run_bench
+    from zoo.store import Zoo
+
+    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
+    cfg = config_for(mode, base=args.base, data_dir=args.data_dir, device=args.device, sections=sections,
+                     train_examples=args.train_examples, eval_n=args.eval_n,
+                     isolate=False if args.in_process else None)
+    with contextlib.redirect_stdout(sys.stderr):  # trainer logs and progress must not mix into --json
+        result = run_bench(cfg, user_zoo=Zoo(args.zoo))
+    path = save(result, args.out)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(render(result))
+        print(f"\nsaved {path}")
+    return 0
+
+
+def save(result: dict, out: str | None) -> Path:
+    from zoo.fsutil import atomic_write_json
+
+    suffix = "" if result["mode"] == "full" else f"-{result['mode']}"
+    name = f"results-{time.strftime('%Y-%m-%d')}{suffix}.json"
+    path = Path(out) if out else BENCH_DIR / name
+    if path.suffix != ".json":
+        path = path / name
+    atomic_write_json(path, result)
+    return path
+
+
+# the table -------------------------------------------------------------------------------------
+def render(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"zoo bench ({r['mode']}) on {m['cpu']}, {m['cores']} cores, {m['device']} {m['compute_dtype']}; "
+             + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), ""]
+    lines += _train_lines(r.get("train", {})) + _inference_lines(r.get("inference"))
+    lines += _memory_lines(r.get("memory")) + _router_lines(r.get("router"))
+    a = r.get("adapters", {})
+    lines.append(f"adapters used: {len(a.get('from_zoo', []))} from the zoo, {len(a.get('trained_here', []))} "
+                 f"trained here, {len(a.get('random', []))} random (task-default LoRA shape)")
+    lines += ["", "bars:"] + [f"  {'PASS' if b['pass'] else 'FAIL'}  {b['bar']}: {b['value']}" for b in r["bars"]]
+    lines.append(f"\ntotal {r['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _train_lines(train: dict) -> list[str]:
+    if not train:
+        return []
+    out = ["training        recipe      examples/s  tokens/s  peak RSS MB  metric           LoRA"]
+    for task, t in train.items():
+        for recipe in ("ours", "reference"):
+            x = t[recipe]
+            metric = x.get("metric", {})
+            gpu = f" (GPU peak {x['gpu']['peak_mb']} MB)" if x.get("gpu") else ""
+            lora = x["lora"]
+            out.append(f"  {task:<13} {recipe:<11} {x['examples_per_s']:>10.2f} {x['tokens_per_s']:>9.1f} "
+                       f"{x['peak_rss_mb']:>12.0f}  {metric.get('name', '?')}={metric.get('value', float('nan')):.3g}"
+                       f"{'':<6} r={lora['r']} layers={lora['layers']} {lora['loss_on']}, {lora['batching']}{gpu}")
+        out.append(f"  {task:<13} speedup {t['speedup']}x examples/s")
+    return out + [""]
+
+
+def _inference_lines(inf: dict | None) -> list[str]:
+    if not inf:
+        return []
+    b, s, one, mix = inf["eval_batched"], inf["eval_one_at_a_time"], inf["single_adapter"], inf["mixed_adapters"]
+    return [
+        "inference",
+        f"  eval-style batch {b['batch_size']}: {b['tokens_per_s']} tok/s, {b['examples_per_s']} ex/s; one at a time:"
+        f" {s['tokens_per_s']} tok/s, {s['examples_per_s']} ex/s -> {inf['batched_eval_speedup']}x"
+        f" (same answers {inf['same_answers']})",
+        f"  one adapter: {one['examples_per_s']} ex/s, {one['tokens_per_s']} tok/s; mixed over {len(mix['adapters'])}"
+        f" adapters: {mix['examples_per_s']} ex/s, {mix['tokens_per_s']} tok/s -> {inf['mixed_batch_ratio']}x",
+        f"  first token (short prompt): median {inf['first_token_ms']['median']} ms", "",
+    ]
+
+
+def _memory_lines(mem: dict | None) -> list[str]:
+    if not mem:
+        return []
+    nf4, fp32, rt = mem["base_nf4"], mem["base_fp32"], mem["runtime"]
+    ad = rt["adapters"][0] if rt["adapters"] else None
+    counts = ", ".join(f"{k}: {v} MB" for k, v in rt["rss_mb"].items())
+    lines = ["memory",
+             f"  base resident: NF4 {nf4['base_mb']} MB, fp32 {fp32['base_mb']} MB (over a bare import of "
+             f"{nf4['bare_mb']} MB)",
+             f"  runtime RSS with adapters loaded: {counts} -> 10/1 = {mem['rss_10_over_1']}"]
+    if ad:
+        lines.append(f"  one adapter: {ad['disk_bytes'] / 2**20:.1f} MB on disk, {ad['param_bytes'] / 2**20:.1f} MB "
+                     f"in memory ({ad['params']:,} parameters)")
+    return lines + [""]
+
+
+def _router_lines(rt: dict | None) -> list[str]:
+    if not rt:
+        return []
+    if rt.get("status") != "ok":
+        return ["router", f"  {rt.get('status')}", ""]
+    return ["router", f"  {rt['router']}",
+            f"  one prompt per call: p50 {rt['p50_ms']} ms, p99 {rt['p99_ms']} ms; batch of {rt['batch_prompts']}: "
+            f"{rt['prompts_per_s']} prompts/s", ""]

@@ -65,7 +65,7 @@ def resolve_specs(args) -> list:
     if not args.all and not args.tasks:
         raise ZooError("name the task(s) to train (see `zoo tasks`) or pass --all")
     specs = list(all_tasks().values()) if args.all else [get_task(t) for t in args.tasks]
-    if args.name and len(specs) != 1:
+    if args.name is not None and len(specs) != 1:
         raise ZooError("--name works with exactly one task")
     lora, train = overrides(args)
     all_layers = lora.pop("_all_layers", False)
@@ -82,13 +82,17 @@ def resolve_specs(args) -> list:
 
 def run(args) -> int:
     from zoo.base import load_base
+    from zoo.data import describe_source, load_rows
     from zoo.fsutil import check_name
     from zoo.store import Zoo
     from zoo.train import train_adapter
 
     specs = resolve_specs(args)
-    if args.name:
+    if args.name is not None:
         check_name(args.name, "adapter name")
+    for spec in specs:  # cheap checks first: a missing dataset should not cost a model load
+        describe_source(spec, spec.train_split, args.data_dir)
+        load_rows(spec, spec.train_split, args.data_dir, limit=1)
     zoo = Zoo(args.zoo)
     base = args.base or _zoo_base(zoo)
     loaded = load_base(base, quant=not args.no_quant)

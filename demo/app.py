@@ -1,0 +1,206 @@
+"""The Gradio app over a zoo: auto-routing, a hand-picked adapter, on-the-fly blends, and the zoo itself.
+
+`build_app(runtime)` only builds the page; `serve(app, ...)` (called by `zoo demo` and the tests) starts it.
+Every event that touches the model shares one queue slot (`concurrency_id="model"`), so concurrent visitors
+wait their turn instead of colliding on the shared PeftModel; the runtime's lock guards direct callers too.
+"""
+
+from __future__ import annotations
+
+from demo.examples import EXAMPLES
+from demo.handlers import (ZOO_COLUMNS, Blender, auto_answer, blend_answer, blendable, manual_answer,
+                           router_problem, zoo_plots, zoo_rows, zoo_summary)
+from zoo.errors import ZooError
+
+TITLE = "Adapter Zoo"
+INTRO = ("# Adapter Zoo\n"
+         "One small base model, many task adapters (QLoRA) that plug into it. A router reads each request and "
+         "picks the adapter that fits, or none, and you see the answer next to the plain base model's.")
+CSS = """
+.gradio-container {max-width: 1180px !important; margin: auto;}
+#zoo-summary {font-size: 0.92em; opacity: 0.85;}
+.timing {font-size: 0.85em; opacity: 0.75; min-height: 1.4em;}
+"""
+MODEL = dict(concurrency_id="model", concurrency_limit=1)  # one generation at a time on the shared model
+
+
+def build_app(runtime):
+    """The demo page for a `Runtime` whose adapters are loaded (or load on first use)."""
+    import gradio as gr
+
+    router_error = router_problem(runtime)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        gr.Markdown(INTRO)
+        gr.Markdown(zoo_summary(runtime, router_error), elem_id="zoo-summary")
+        with gr.Tabs():
+            with gr.Tab("Auto-route", id="auto"):
+                _auto_tab(gr, runtime, router_error)
+            with gr.Tab("Pick an adapter", id="manual"):
+                _manual_tab(gr, runtime)
+            with gr.Tab("Blend adapters", id="blend"):
+                _blend_tab(gr, runtime)
+            with gr.Tab("The zoo", id="zoo"):
+                _zoo_tab(gr, runtime)
+    app.queue(default_concurrency_limit=1)
+    return app
+
+
+def serve(app, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, block: bool = True,
+          reports_dir=None):
+    """Start the server (blocking unless `block=False`); returns Gradio's `(app, local_url, share_url)`."""
+    import gradio as gr
+
+    return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                      theme=theme(gr), css=CSS, ssr_mode=False,
+                      allowed_paths=[str(reports_dir)] if reports_dir else None, show_error=True, quiet=not block,
+                      footer_links=["api", "gradio"])
+
+
+def theme(gr):
+    """Soft, with the system's fonts: the default Google fonts would be fetched from the internet."""
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="sky",
+                          font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "sans-serif"],
+                          font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+
+
+def _fail(gr, e: ZooError):
+    return gr.Error(str(e), print_exception=False)
+
+
+def _answer_pair(gr, label: str, prefix: str):
+    """The answer under test and the plain base's, side by side, each with its timing line."""
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            answer = gr.Textbox(label=label, lines=6, max_lines=14, interactive=False, buttons=["copy"],
+                                elem_id=f"{prefix}-answer")
+            answer_time = gr.Markdown(elem_classes="timing", elem_id=f"{prefix}-answer-time")
+        with gr.Column():
+            base = gr.Textbox(label="Plain base model (no adapter)", lines=6, max_lines=14, interactive=False,
+                              buttons=["copy"], elem_id=f"{prefix}-base")
+            base_time = gr.Markdown(elem_classes="timing", elem_id=f"{prefix}-base-time")
+    return [answer, answer_time, base, base_time]
+
+
+def _tokens_slider(gr):
+    return gr.Slider(0, 256, value=0, step=1, label="Max new tokens",
+                     info="0 = the task's own length (sentiment: a word, QA: a short span, summary: a sentence or two)")
+
+
+def _auto_tab(gr, runtime, router_error: str | None):
+    adapters = runtime.available()
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Your request", lines=7, max_lines=24, autofocus=True, elem_id="auto-prompt",
+                                placeholder="Paste a review, a passage and a question, a dialogue… or ask anything.")
+            if router_error:
+                gr.Markdown(f"⚠️ **No router in this zoo** ({router_error}). Pick the adapter to use by hand; "
+                            "train the router with `zoo route --train` to route automatically.")
+            fallback = gr.Dropdown(adapters, value=adapters[0] if adapters else None, visible=bool(router_error),
+                                   label="Adapter to use (no router)")
+            with gr.Row():
+                go = gr.Button("Route & answer", variant="primary", elem_id="auto-go")
+                clear = gr.ClearButton(value="Clear")
+            with gr.Accordion("Options", open=False):
+                tokens = _tokens_slider(gr)
+        with gr.Column(scale=2):
+            route = gr.Textbox(label="Chosen route", interactive=False, elem_id="auto-route")
+            probs = gr.Label(label="Router: probability of every route", show_heading=False, elem_id="auto-probs")
+    gr.Examples([[p] for _, p, _ in EXAMPLES], inputs=[prompt], example_labels=[lbl for lbl, _, _ in EXAMPLES],
+                label="Examples: one per task, and requests no adapter serves")
+    outputs = [route, probs, *_answer_pair(gr, "Routed answer", "auto")]
+    clear.add([prompt, *outputs])
+
+    def auto(prompt: str, fallback: str | None, tokens: float):
+        """Route the prompt and stream the routed answer, then the base's."""
+        try:
+            yield from auto_answer(runtime, prompt, fallback, tokens)
+        except ZooError as e:
+            raise _fail(gr, e) from None
+
+    gr.on([go.click, prompt.submit], auto, [prompt, fallback, tokens], outputs, api_name="auto", **MODEL)
+
+
+def _manual_tab(gr, runtime):
+    adapters = runtime.available()
+    gr.Markdown("Pick any adapter of the zoo (trained, or a saved combination) and compare it with the base.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Your request", lines=7, max_lines=24, elem_id="manual-prompt")
+        with gr.Column(scale=2):
+            adapter = gr.Dropdown(adapters, value=adapters[0] if adapters else None, label="Adapter",
+                                  elem_id="manual-adapter")
+            tokens = _tokens_slider(gr)
+            go = gr.Button("Answer", variant="primary", elem_id="manual-go")
+    gr.Examples([[p] for _, p, _ in EXAMPLES], inputs=[prompt], example_labels=[lbl for lbl, _, _ in EXAMPLES])
+    outputs = _answer_pair(gr, "Adapter's answer", "manual")
+
+    def manual(adapter: str, prompt: str, tokens: float):
+        """Stream the chosen adapter's answer, then the base's."""
+        try:
+            yield from manual_answer(runtime, adapter, prompt, tokens)
+        except ZooError as e:
+            raise _fail(gr, e) from None
+
+    gr.on([go.click, prompt.submit], manual, [adapter, prompt, tokens], outputs, api_name="manual", **MODEL)
+
+
+def _blend_tab(gr, runtime):
+    from zoo.combine import DENSITY_METHODS, METHODS
+
+    names = blendable(runtime)
+    gr.Markdown("Mix the task adapters with PEFT's `add_weighted_adapter`, as `zoo combine` does, but in memory: "
+                "the blend is built when you ask, kept for reuse, never saved.")
+    if len(names) < 2:
+        gr.Markdown(f"Blending needs at least two trained adapters; this zoo has {len(names)}. "
+                    "Train another with `zoo train TASK`.")
+        return
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2):
+            sliders = [gr.Slider(-1, 2, value=1.0 if i == 0 else 0.0, step=0.05, label=f"weight of {n}",
+                                 elem_id=f"blend-w-{n}") for i, n in enumerate(names)]
+            method = gr.Dropdown(list(METHODS), value="cat", label="Method", elem_id="blend-method")
+            about = gr.Markdown(f"*cat*: {METHODS['cat']}", elem_classes="timing")
+            density = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Density",
+                                info="share of each adapter's weights kept by " + ", ".join(DENSITY_METHODS))
+            tokens = _tokens_slider(gr)
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Your request", lines=7, max_lines=24, elem_id="blend-prompt")
+            go = gr.Button("Blend & answer", variant="primary", elem_id="blend-go")
+            info = gr.Markdown(elem_id="blend-recipe")
+            answer = gr.Textbox(label="Blend's answer", lines=6, max_lines=14, interactive=False, buttons=["copy"],
+                                elem_id="blend-answer")
+            answer_time = gr.Markdown(elem_classes="timing")
+    gr.Examples([[p] for _, p, _ in EXAMPLES], inputs=[prompt], example_labels=[lbl for lbl, _, _ in EXAMPLES])
+    blender = Blender(runtime)
+
+    def blend(method: str, density: float, prompt: str, tokens: float, *weights: float):
+        """Build (or reuse) the weighted blend and stream its answer."""
+        try:
+            yield from blend_answer(runtime, blender, dict(zip(names, weights)), method, density, prompt, tokens)
+        except ZooError as e:
+            raise _fail(gr, e) from None
+
+    method.change(lambda m: f"*{m}*: {METHODS.get(m, '')}", method, about, api_visibility="private", queue=False)
+    gr.on([go.click, prompt.submit], blend, [method, density, prompt, tokens, *sliders], [info, answer, answer_time],
+          api_name="blend", **MODEL)
+
+
+def _zoo_tab(gr, runtime):
+    gr.Markdown("Every adapter of the zoo: its task, base, size and training time, and how it scores against the "
+                "plain base on its task's validation data (`zoo eval`).")
+    table = gr.Dataframe(zoo_rows(runtime.zoo), headers=ZOO_COLUMNS, interactive=False, wrap=True,
+                         datatype=["str"] * 4 + ["number"] * 3 + ["str"] + ["number"] * 3 + ["str"],
+                         column_widths=["12%", "10%", "7%", "12%", "5%", "7%", "8%", "9%", "8%", "8%", "6%", "8%"],
+                         elem_id="zoo-table")
+    plots = zoo_plots(runtime.zoo)
+    gallery = gr.Gallery(plots, label="Reports", columns=2, height="auto", object_fit="contain",
+                         visible=bool(plots), elem_id="zoo-plots")
+    note = gr.Markdown("No report plots yet: run `zoo eval` (or `make run`) to make them.", visible=not plots)
+    refresh = gr.Button("Refresh", size="sm")
+
+    def zoo_view():
+        """The zoo's table and report plots, read again from disk."""
+        found = zoo_plots(runtime.zoo)
+        return zoo_rows(runtime.zoo), gr.Gallery(found, visible=bool(found)), gr.Markdown(visible=not found)
+
+    refresh.click(zoo_view, None, [table, gallery, note], api_name="zoo")

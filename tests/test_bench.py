@@ -1,0 +1,124 @@
+"""`zoo bench`: the whole run on a tiny model gives every number the bars need; the bars judge them right;
+measured jobs really run in fresh processes; the reference recipe sees the same prompts as ours."""
+
+import json
+import os
+
+import pytest
+
+from zoo.bench import bars, rss_bytes, run_worker
+from zoo.cli import main
+from zoo.errors import ZooError
+
+
+@pytest.fixture(scope="module")
+def tiny_argv(tiny_base_dir, data_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "result.json"
+    argv = ["bench", "--tiny", "--in-process", "--json", "--base", str(tiny_base_dir), "--data-dir", str(data_dir),
+            "--out", str(out), "--zoo", str(tmp / "no-zoo")]
+    return argv, out
+
+
+def test_tiny_bench_reports_every_section(tiny_argv, capsys):
+    argv, out = tiny_argv
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
+    assert json.loads(out.read_text()) == printed
+    r = printed
+    assert set(r["train_speedup"]) == {"sentiment", "qa"}
+    for task in ("sentiment", "qa"):
+        ours, ref = r["train"][task]["ours"], r["train"][task]["reference"]
+        assert r["train_speedup"][task] == pytest.approx(ours["examples_per_s"] / ref["examples_per_s"], rel=0.02)
+        for x in (ours, ref):
+            assert x["examples"] == 8 and x["examples_per_s"] > 0 and x["tokens_per_s"] > 0
+            assert x["peak_rss_mb"] > 100
+            assert x["metric"]["n"] == 2 and 0 <= x["metric"]["value"] <= 100
+        assert abs(ours["tokens"] - ref["tokens"]) <= 8  # same prompts; the template adds one "\n" per example
+        assert (ours["lora"]["r"], ours["lora"]["alpha"]) == (ref["lora"]["r"], ref["lora"]["alpha"])
+        assert ref["lora"]["layers"] == "all" and ref["lora"]["loss_on"] == "all tokens"
+        assert ours["lora"]["loss_on"] == "answer tokens"
+    assert r["batched_eval_speedup"] > 0 and r["mixed_batch_ratio"] > 0
+    inf = r["inference"]
+    assert len(inf["mixed_adapters"]["adapters"]) == 3 and inf["first_token_ms"]["median"] > 0
+    assert r["adapters"]["trained_here"] == ["ours-qa", "ours-sentiment", "reference-qa", "reference-sentiment"]
+    assert len(r["adapters"]["random"]) == 6 and r["adapters"]["from_zoo"] == []
+    mem = r["memory"]
+    assert set(mem["runtime"]["rss_mb"]) == {"base", "1", "3", "10"}
+    assert r["rss_10_over_1"] == pytest.approx(mem["runtime"]["rss_mb"]["10"] / mem["runtime"]["rss_mb"]["1"],
+                                               rel=0.01)
+    assert len(mem["runtime"]["adapters"]) == 10
+    for a in mem["runtime"]["adapters"]:
+        assert a["disk_bytes"] > 0 and a["param_bytes"] >= 2 * a["params"] > 0
+    assert mem["base_nf4"]["quantized"] and not mem["base_fp32"]["quantized"]
+    assert mem["base_fp32"]["dtype"] == "float32"
+    assert {"cpu", "cores", "device", "versions"} <= set(r["machine"])
+    assert all(r["machine"]["versions"][p] for p in ("torch", "transformers", "peft", "bitsandbytes"))
+    assert len(r["bars"]) == 5 and all(isinstance(b["pass"], bool) for b in r["bars"])  # 2 train + 3 ratios
+
+
+def test_tiny_bench_table_has_a_verdict_per_bar(tiny_argv, capsys, tmp_path):
+    argv, _ = tiny_argv
+    argv = [a for a in argv if a != "--json"]
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    argv += ["--only", "memory"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "runtime RSS with adapters loaded" in text
+    assert sum(line.strip().startswith(("PASS", "FAIL")) for line in text.splitlines()) == 1  # memory's bar
+    assert len(list(tmp_path.glob("results-*-tiny.json"))) == 1
+
+
+def test_unknown_section_is_a_usage_error(tiny_base_dir, capsys):
+    assert main(["bench", "--tiny", "--only", "speed", "--base", str(tiny_base_dir)]) == 2
+    assert "unknown bench section" in capsys.readouterr().err
+
+
+def _result(**kw):
+    base = {"mode": "quick", "seconds": 500.0, "batched_eval_speedup": 3.5, "mixed_batch_ratio": 0.9,
+            "rss_10_over_1": 1.1, "train": {"qa": {"speedup": 2.5, "ours": {"metric": {"name": "f1", "value": 40.0}},
+                                                   "reference": {"metric": {"name": "f1", "value": 30.0}}}}}
+    return {**base, **kw}
+
+
+def test_bars_pass_and_fail_on_the_thresholds():
+    assert all(b["pass"] for b in bars(_result()))
+    assert len(bars(_result())) == 5
+    worse = _result(train={"qa": {"speedup": 3.0, "ours": {"metric": {"name": "f1", "value": 29.0}},
+                                  "reference": {"metric": {"name": "f1", "value": 30.0}}}})
+    assert not bars(worse)[0]["pass"]  # fast but less accurate is a fail
+    failed = [b["bar"] for b in bars(_result(batched_eval_speedup=2.9, mixed_batch_ratio=0.79, rss_10_over_1=1.15,
+                                              seconds=601.0)) if not b["pass"]]
+    assert len(failed) == 4
+    assert not any("10 minutes" in b["bar"] for b in bars(_result(mode="full")))
+
+
+def test_measured_jobs_run_in_a_fresh_process(tiny_base_dir):
+    r = run_worker({"kind": "base-rss", "base": str(tiny_base_dir), "quant": True, "device": "cpu"})
+    assert r["pid"] != os.getpid()
+    assert r["quantized"] and r["bare_mb"] > 50 and r["loaded_mb"] >= r["bare_mb"]
+    assert rss_bytes("VmHWM") >= rss_bytes("VmRSS") > 0
+
+
+def test_a_failing_worker_is_a_zoo_error_with_its_output():
+    with pytest.raises(ZooError, match="bench worker 'no-such-job' failed"):
+        run_worker({"kind": "no-such-job"})
+
+
+def test_reference_sees_the_same_prompts_as_ours(tiny_base_dir, data_dir):
+    from transformers import AutoTokenizer
+
+    from tasks import get_task
+    from zoo.bench_reference import format_examples
+    from zoo.data import load_rows
+    from zoo.train import build_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    for task in ("sentiment", "qa"):
+        spec = get_task(task)
+        rows = load_rows(spec, "train", data_dir, limit=6)
+        ours = build_examples(spec, tok, rows, 2048, seed=3)
+        ref = format_examples(spec, tok, rows, 2048, seed=3)
+        for o, r in zip(ours, ref):
+            assert r["input_ids"][:len(o["input_ids"])] == o["input_ids"]  # then only the template's final "\n"
+            assert len(r["input_ids"]) == len(o["input_ids"]) + 1 and r["labels"] == r["input_ids"]

@@ -1,0 +1,313 @@
+"""The Gradio demo: its handlers called directly, its endpoints over HTTP, concurrent visitors, a real browser,
+and `zoo demo` itself. A tiny random base with random adapters: the router reads only the prompt text, so
+routing is real even though the answers are noise; answers are checked against `Runtime.generate`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from demo.examples import EXAMPLES
+from tests.helpers import make_adapter
+from zoo.errors import ZooError
+from zoo.store import Zoo
+
+TASKS = ["sentiment", "qa", "summarization"]
+NEW = 8  # max new tokens everywhere: the tiny model's answers are noise, their identity is what is checked
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+EVAL = {"task": "sentiment", "name": "sentiment", "n": 20, "metric": "accuracy",
+        "base": {"accuracy": 0.5}, "adapter": {"accuracy": 0.85}}
+
+
+def build_zoo(root: Path, base_dir: Path, data_dir: Path | None) -> Zoo:
+    """Three random adapters (one per built-in task), one evaluated with a report plot; a router if data_dir."""
+    zoo = Zoo(root)
+    for i, task in enumerate(TASKS):
+        make_adapter(zoo, base_dir, task, task, seed=i)
+    zoo.update(lambda d: d["adapters"]["sentiment"].update(throughput={"seconds": 12.5}))
+    zoo.set_metrics("sentiment", "eval", EVAL)
+    zoo.reports_dir.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "steelblue").save(zoo.reports_dir / "sentiment.png")
+    if data_dir is not None:
+        from router import fit_router
+
+        fit_router(zoo, data_dir=data_dir, tasks=TASKS)
+    return zoo
+
+
+@pytest.fixture(scope="module")
+def demo_zoo(tmp_path_factory, tiny_base_dir, data_dir) -> Zoo:
+    return build_zoo(tmp_path_factory.mktemp("demo") / "zoo", tiny_base_dir, data_dir)
+
+
+@pytest.fixture(scope="module")
+def runtime(demo_zoo, tiny_base_dir):
+    from zoo.runtime import Runtime
+
+    rt = Runtime(demo_zoo, base=str(tiny_base_dir), quant=False)
+    rt.load_all()
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="module")
+def expected(runtime) -> dict:
+    """What each example must answer: the routed adapter's and the base's greedy answers from `generate`."""
+    out = {}
+    for _, prompt, route in EXAMPLES:
+        adapter = "none" if route == "none" else route
+        out[prompt] = {"route": route,
+                       "answer": runtime.generate([prompt], adapter=adapter, max_new_tokens=NEW)[0]["answer"],
+                       "base": runtime.generate([prompt], adapter="none", max_new_tokens=NEW)[0]["answer"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(runtime, expected):
+    from demo.app import build_app, serve
+
+    app = build_app(runtime)
+    _, url, _ = serve(app, port=None, block=False, reports_dir=runtime.zoo.reports_dir)
+    yield url
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def last(gen):
+    """The final output of a streaming handler (and how many updates it streamed)."""
+    n, item = 0, None
+    for item in gen:
+        n += 1
+    return item, n
+
+
+# handlers, called directly -------------------------------------------------------------------------------------
+def test_auto_handler_streams_and_matches_generate(runtime, expected):
+    from demo.handlers import auto_answer
+
+    _, prompt, route = EXAMPLES[0]
+    (line, probs, answer, took, base, base_took), n = last(auto_answer(runtime, prompt, None, NEW))
+    assert line.startswith(f"{route} (p=") and "adapter 'sentiment'" in line
+    assert set(probs) == {*TASKS, "none"} and abs(sum(probs.values()) - 1) < 1e-4
+    assert answer == expected[prompt]["answer"] and base == expected[prompt]["base"]
+    assert n > 4  # streamed: partial answers were yielded before the final one
+    assert took.endswith("tokens/s") or " 0 tokens" in took
+    assert " s · " in base_took
+
+
+def test_stream_equals_generate(runtime):
+    for adapter in ["qa", "none"]:
+        *_, final = runtime.stream("Tell me about the moon.", adapter, NEW)
+        assert final == runtime.generate(["Tell me about the moon."], adapter=adapter, max_new_tokens=NEW)[0]["answer"]
+
+
+def test_handlers_refuse_bad_input_with_a_clear_message(runtime):
+    from demo.handlers import Blender, auto_answer, blend_answer, manual_answer
+
+    with pytest.raises(ZooError, match="prompt is empty"):
+        next(auto_answer(runtime, "   ", None, NEW))
+    with pytest.raises(ZooError, match="no adapter named 'nope'"):
+        next(manual_answer(runtime, "nope", "hello", NEW))
+    blender = Blender(runtime)
+    with pytest.raises(ZooError, match="every weight is 0"):
+        next(blend_answer(runtime, blender, {"qa": 0, "sentiment": 0}, "cat", 0.5, "hello", NEW))
+    with pytest.raises(ZooError, match="unknown method"):
+        next(blend_answer(runtime, blender, {"qa": 1}, "average", 0.5, "hello", NEW))
+
+
+def test_blends_are_exact_cached_and_bounded(runtime):
+    from demo.handlers import Blender, blend_answer
+
+    prompt = "What do you think of this?"
+    alone = runtime.generate([prompt], adapter="qa", max_new_tokens=NEW)[0]["answer"]
+    blender = Blender(runtime, keep=2)
+    (recipe, answer, _), _ = last(blend_answer(runtime, blender, {"qa": 1.0, "sentiment": 0}, "cat", 0.5, prompt, NEW))
+    assert answer == alone, "a cat blend of one adapter at weight 1 is that adapter"
+    assert "built in" in recipe and "1 × `qa`" in recipe
+    (recipe, again, _), _ = last(blend_answer(runtime, blender, {"qa": 1.0, "sentiment": 0}, "cat", 0.5, prompt, NEW))
+    assert "reused from the cache" in recipe and again == answer
+    mixed, _ = last(blend_answer(runtime, blender, {"qa": 1.0, "sentiment": 1.0}, "svd", 0.5, prompt, NEW))
+    ties, _ = last(blend_answer(runtime, blender, {"qa": 1.0, "summarization": 0.5}, "ties", 0.7, prompt, NEW))
+    assert "density 0.7" in ties[0]
+    blends = [n for n in runtime.model.peft_config if n.startswith("blend_")]
+    assert len(blends) == 2, "only the newest `keep` blends stay on the model"
+    assert set(runtime.available()) == set(TASKS), "blends never enter the zoo"
+
+
+def test_zoo_table_and_plots(demo_zoo):
+    from demo.handlers import ZOO_COLUMNS, zoo_plots, zoo_rows
+
+    rows = {r[0]: dict(zip(ZOO_COLUMNS, r)) for r in zoo_rows(demo_zoo)}
+    assert sorted(rows) == sorted(TASKS)
+    s = rows["sentiment"]
+    assert (s["task"], s["rank"], s["training (s)"], s["metric"]) == ("sentiment", 4, 12.5, "accuracy")
+    assert (s["base score"], s["adapter score"], s["gain"], s["status"]) == (0.5, 0.85, 0.35, "ok")
+    assert s["size (MB)"] > 0
+    assert rows["qa"]["metric"] == "not evaluated"
+    assert [Path(p).name for p, _ in zoo_plots(demo_zoo)] == ["sentiment.png"]
+
+
+def test_missing_router_falls_back_to_a_manual_choice(tmp_path, tiny_base_dir):
+    """A zoo without a router: the app says so, shows an adapter picker, and answers with the picked adapter."""
+    from demo.app import build_app
+    from demo.handlers import auto_answer, router_problem
+    from zoo.runtime import Runtime
+
+    base_copy = tmp_path / "tiny-copy"  # its own model object: the module's runtime keeps the shared one
+    shutil.copytree(tiny_base_dir, base_copy)
+    zoo = build_zoo(tmp_path / "zoo", base_copy, data_dir=None)
+    rt = Runtime(zoo, base=str(base_copy), quant=False)
+    problem = router_problem(rt)
+    assert problem and "router" in problem
+    with pytest.raises(ZooError, match="pick an adapter by hand"):
+        next(auto_answer(rt, "hello", None, NEW))
+    (line, probs, answer, *_), _ = last(auto_answer(rt, "hello", "qa", NEW))
+    assert line.startswith("no router") and probs == {}
+    assert answer == rt.generate(["hello"], adapter="qa", max_new_tokens=NEW)[0]["answer"]
+    app = build_app(rt)
+    texts = [getattr(b, "value", None) or "" for b in app.blocks.values()]
+    assert any("No router in this zoo" in str(t) for t in texts)
+    pickers = [b for b in app.blocks.values() if getattr(b, "label", None) == "Adapter to use (no router)"]
+    assert pickers and pickers[0].visible
+    rt.close()
+
+
+# over HTTP ------------------------------------------------------------------------------------------------------
+def test_every_tab_answers_over_http(client, expected):
+    for _, prompt, route in EXAMPLES:
+        line, probs, answer, took, base, base_took = client.predict(prompt, None, NEW, api_name="/auto")
+        assert line.split(" ")[0] == route, (route, line, probs)
+        assert {c["label"] for c in probs["confidences"]} == {*TASKS, "none"}
+        assert answer == expected[prompt]["answer"]
+        assert base == expected[prompt]["base"]
+    _, prompt, _ = EXAMPLES[2]
+    answer, _, base, _ = client.predict("qa", prompt, NEW, api_name="/manual")
+    assert (answer, base) == (expected[prompt]["answer"], expected[prompt]["base"])
+    # weights in slider order (qa, sentiment, summarization): the qa adapter alone
+    recipe, answer, took = client.predict("cat", 0.5, prompt, NEW, 1.0, 0.0, 0.0, api_name="/blend")
+    assert answer == expected[prompt]["answer"] and "`qa`" in recipe and " s · " in took
+    table, gallery, _ = client.predict(api_name="/zoo")
+    assert [r[0] for r in table["data"]] == sorted(TASKS)
+    assert len(gallery["value"]) == 1 and gallery["value"][0]["caption"].startswith("sentiment")
+
+
+def test_errors_reach_the_page_as_messages(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="prompt is empty"):
+        client.predict("", None, NEW, api_name="/auto")
+
+
+def test_eight_concurrent_requests_all_answer_correctly(server, expected):
+    from gradio_client import Client
+
+    prompts = [p for _, p, _ in EXAMPLES] + [EXAMPLES[0][1], EXAMPLES[2][1]]
+    assert len(prompts) == 8
+
+    def ask(prompt):
+        return Client(server, verbose=False).predict(prompt, None, NEW, api_name="/auto")
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ask, prompts))
+    for prompt, (line, _, answer, _, base, _) in zip(prompts, results):
+        assert line.split(" ")[0] == expected[prompt]["route"]
+        assert (answer, base) == (expected[prompt]["answer"], expected[prompt]["base"])
+
+
+# in a real browser ----------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM}: `apt-get install -y chromium`")
+def test_browser_route_and_answer(server, expected, tmp_path):
+    """Load the page in headless Chromium, type a review, submit, and see the route, probabilities and answers."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, prompt, route = EXAMPLES[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server)
+            page.locator("#auto-prompt textarea").fill(prompt)
+            page.locator("#auto-go").click()
+            expect(page.locator("#auto-base-time")).to_contain_text("tokens", timeout=60_000)
+            assert page.locator("#auto-route textarea").input_value().startswith(f"{route} (p=")
+            expect(page.locator("#auto-probs")).to_contain_text("summarization")
+            assert page.locator("#auto-answer textarea").input_value() == expected[prompt]["answer"]
+            assert page.locator("#auto-base textarea").input_value() == expected[prompt]["base"]
+            page.screenshot(path=tmp_path / "demo-auto.png", full_page=True)
+            page.get_by_role("tab", name="The zoo").click()
+            expect(page.locator("#zoo-table")).to_contain_text("summarization")
+            page.screenshot(path=tmp_path / "demo-zoo.png", full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert (tmp_path / "demo-auto.png").stat().st_size > 10_000
+
+
+# the command ----------------------------------------------------------------------------------------------------
+def test_zoo_demo_without_a_zoo_says_what_to_do(tmp_path, capsys):
+    from zoo.cli import main
+
+    assert main(["demo", "--zoo", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no zoo at" in err and "make run" in err
+    Zoo(tmp_path / "empty").update(lambda d: None)
+    assert main(["demo", "--zoo", str(tmp_path / "empty")]) == 2
+    assert "no usable adapter" in capsys.readouterr().err
+
+
+def test_importing_the_demo_starts_nothing():
+    code = "import sys, demo.app, zoo.commands.demo; assert 'gradio' not in sys.modules and 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_zoo_demo_serves_on_localhost(demo_zoo, tmp_path):
+    """`zoo demo` over a zoo: listens on 127.0.0.1 only, serves the page, and stops on a signal."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "demo", "--zoo", str(demo_zoo.root), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline, page = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            except OSError:
+                time.sleep(1)
+        assert page is not None, proc.communicate(timeout=5)[0] if proc.poll() is not None else "no answer"
+        assert "Adapter Zoo" in page
+        import psutil
+
+        bound = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert bound == {"127.0.0.1"}, bound
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,136 @@
+"""Offline metrics: hand-computed values for each metric, SQuAD normalization, ROUGE tokenization, label parsing.
+
+ROUGE was also checked against Google's `rouge_score` (in a throwaway venv, not a dependency) on 200 DialogSum
+validation pairs and 100 three-reference test dialogues: identical to the last digit.
+"""
+
+import pytest
+
+from zoo.errors import ZooError
+from zoo.metrics import (PRIMARY, classification_scores, clean_span, lcs_length, normalize_answer, parse_label,
+                         rouge_scores, rouge_tokens, score, squad_f1, squad_scores)
+
+LABELS = ("negative", "positive")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Positive.", "positive"),
+    ("The sentiment is negative", "negative"),
+    ("negative<|im_end|>", "negative"),
+    ("POSITIVE", "positive"),
+    ("positive or negative? It is negative.", "positive"),  # the first mentioned wins
+    ("Negative, not positive", "negative"),
+    ("nonnegative numbers", None),  # whole words only
+    ("I am not sure.", None),
+    ("", None),
+])
+def test_parse_label(text, expected):
+    assert parse_label(text, LABELS) == expected
+
+
+def test_parse_label_prefers_the_longer_label_at_the_same_place():
+    labels = ("entailment", "not_entailment")
+    assert parse_label("not_entailment", labels) == "not_entailment"
+    assert parse_label("Entailment.", labels) == "entailment"
+
+
+def test_classification_scores_hand_computed():
+    preds = ["Positive.", "negative", "no idea", "The answer is positive"]
+    refs = ["positive", "negative", "negative", "negative"]
+    out = classification_scores(preds, refs, LABELS)
+    # positive: P=1/2 R=1 F=2/3; negative: P=1 R=1/3 F=1/2; the unparseable "no idea" is wrong
+    assert out["accuracy"] == pytest.approx(0.5)
+    assert out["macro_f1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_classification_accepts_one_item_reference_lists_and_empty_texts():
+    out = score("accuracy", ["", "positive"], [["negative"], ["positive"]], labels=LABELS)
+    # negative: never predicted, F=0; positive: P = R = 1; the empty text is simply wrong
+    assert out == {"accuracy": 0.5, "macro_f1": pytest.approx((0 + 1) / 2)}
+
+
+def test_classification_rejects_missing_labels_and_foreign_references():
+    with pytest.raises(ZooError, match="labels"):
+        classification_scores(["positive"], ["positive"], None)
+    with pytest.raises(ZooError, match="neutral"):
+        classification_scores(["positive"], ["neutral"], LABELS)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The  Eiffel Tower!", "eiffel tower"),
+    ("An apple, a day", "apple day"),
+    ("theater", "theater"),  # articles only as whole words
+    ("  U.S.  Army ", "us army"),
+    ("", ""),
+])
+def test_squad_normalization(text, expected):
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ('"Paris."', "Paris"),
+    ("'Paris'.", "Paris"),
+    (" Paris\nBecause it is the capital.", "Paris"),
+    ("\n\nParis", "Paris"),
+    ("1889.", "1889"),
+    ("", ""),
+])
+def test_clean_span(raw, expected):
+    assert clean_span(raw) == expected
+
+
+def test_squad_f1_token_overlap():
+    # prediction {big, red, barn} vs reference {red, barn, house}: 2 shared, P = R = 2/3
+    assert squad_f1("the big red barn", "red barn house") == pytest.approx(2 / 3)
+    assert squad_f1("", "red barn") == 0.0
+
+
+def test_squad_scores_hand_computed():
+    preds = ["Paris.", '"the big red barn"\nsecond line', "", "Red barn"]
+    refs = [["Paris"], ["red barn house"], ["x"], ["red barn house", "the red barn"]]
+    out = squad_scores(preds, refs)
+    # EM: 1, 0, 0, 1 (max over references); F1: 1, 2/3, 0, 1
+    assert out["exact_match"] == pytest.approx(50.0)
+    assert out["f1"] == pytest.approx(100 * (1 + 2 / 3 + 0 + 1) / 4)
+
+
+def test_rouge_tokenizer_matches_rouge_score_default():
+    assert rouge_tokens("Don't-stop 2Night! café") == ["don", "t", "stop", "2night", "caf"]
+    assert rouge_tokens("") == []
+
+
+def test_rouge_known_strings():
+    preds = ["the cat sat on the mat", "Hello, World!"]
+    refs = [["the cat is on the mat"], ["goodbye world", "hello there world"]]
+    out = rouge_scores(preds, refs)
+    # ex1: R1 5/6, R2 3/5, RL (LCS "the cat on the mat") 5/6.
+    # ex2: best reference is "hello there world": R1 = RL = F(P=1, R=2/3) = 0.8; no shared bigram
+    assert out["rouge1"] == pytest.approx(100 * (5 / 6 + 0.8) / 2)
+    assert out["rouge2"] == pytest.approx(100 * (3 / 5 + 0) / 2)
+    assert out["rougeL"] == pytest.approx(100 * (5 / 6 + 0.8) / 2)
+
+
+def test_rouge_l_is_sentence_level_lcs():
+    assert lcs_length(list("abcd"), list("dcba")) == 1
+    out = rouge_scores(["a b c d"], [["d c b a"]])
+    assert out["rouge1"] == pytest.approx(100.0)
+    assert out["rougeL"] == pytest.approx(25.0)
+
+
+def test_rouge_empty_texts_score_zero():
+    assert rouge_scores(["", "x"], [["a b"], [""]]) == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+
+
+@pytest.mark.parametrize("metric, labels", [("accuracy", LABELS), ("squad", None), ("rouge", None)])
+def test_score_dispatch_primary_and_empty_batch(metric, labels):
+    out = score(metric, ["positive"], [["positive"]], labels=labels)
+    assert out[PRIMARY[metric]] == pytest.approx(1.0 if metric == "accuracy" else 100.0)
+    with pytest.raises(ZooError, match="nothing to score"):
+        score(metric, [], [], labels=labels)
+    with pytest.raises(ZooError, match="one prediction per example"):
+        score(metric, ["a", "b"], [["a"]], labels=labels)
+
+
+def test_unknown_metric():
+    with pytest.raises(ZooError, match="unknown metric"):
+        score("bleu", ["a"], [["a"]])

@@ -1,0 +1,218 @@
+"""Reliability: nothing lost, nothing executed, every bad input answered. These tests also write
+`reports/reliability.md` (see conftest.py), one line per scenario with its outcome."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import make_adapter
+from zoo.base import load_base
+from zoo.cli import COMMANDS, main
+from zoo.errors import ZooError
+from zoo.runtime import Runtime
+from zoo.store import Zoo
+
+pytestmark = pytest.mark.reliability
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and ".lock" not in p.name:
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def small_zoo(tiny_base_dir, zoo_dir):
+    zoo = Zoo(zoo_dir)
+    for i, task in enumerate(["sentiment", "qa"]):
+        make_adapter(zoo, tiny_base_dir, task, task, seed=i)
+    return zoo
+
+
+def _train(zoo_dir, base, data_dir, *extra):
+    cmd = [sys.executable, "-m", "zoo", "train", "sentiment", "--zoo", str(zoo_dir), "--base", str(base),
+           "--no-quant", "--max-examples", "120", "--batch-size", "2", "--save-steps", "10", "--no-router",
+           "--lr", "1e-3", *extra]
+    return cmd, {**os.environ, "ZOO_DATA_DIR": str(data_dir), "ZOO_DTYPE": "fp32"}
+
+
+def test_sigkill_then_resume_gives_the_same_adapter(tiny_base_dir, tmp_path, data_dir):
+    """SIGKILL mid-training, then --resume: same adapter weights as an uninterrupted run; manifest intact."""
+    from safetensors.torch import load_file
+
+    cmd, env = _train(tmp_path / "straight", tiny_base_dir, data_dir)
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    killed = tmp_path / "killed"
+    Zoo(killed).put("keep", {"name": "keep", "task": "qa"})  # a finished entry that must survive the kill
+    cmd, env = _train(killed, tiny_base_dir, data_dir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((killed / ".runs").glob("*/checkpoint-20/trainer_state.json")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert "keep" in Zoo(killed).entries()
+    assert not (killed / "adapters" / "sentiment").exists()
+    out = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "resuming from" in out.stdout, out.stderr[-1500:]
+    a = load_file(tmp_path / "straight" / "adapters" / "sentiment" / "adapter_model.safetensors")
+    b = load_file(killed / "adapters" / "sentiment" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+    assert set(Zoo(killed).entries()) == {"keep", "sentiment"}
+
+
+def _hammer(root: str, worker: int) -> None:
+    zoo = Zoo(root)
+    for i in range(10_000):
+        zoo.put(f"w{worker}-{i}", {"name": f"w{worker}-{i}", "pad": "x" * 2000})
+
+
+def test_manifest_survives_sigkill_during_writes(tmp_path):
+    """SIGKILL while two processes rewrite the manifest: it always parses and keeps every finished entry."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(str(tmp_path), w)) for w in range(2)]
+    for p in procs:
+        p.start()
+    time.sleep(1.5)
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    entries = Zoo(tmp_path).entries()
+    assert len(entries) > 5
+    for w in range(2):  # entries are written in order: no gaps below the highest one seen
+        seen = sorted(int(n.split("-")[1]) for n in entries if n.startswith(f"w{w}-"))
+        assert seen == list(range(len(seen)))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")] or True  # temp files never replace it
+
+
+def test_damaged_zoo_is_reported_and_healthy_adapters_still_serve(small_zoo, tiny_base_dir, capsys):
+    """Truncated adapter, missing folder, unlisted folder: list/doctor explain; runtime serves the rest."""
+    f = small_zoo.adapter_dir("qa") / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[:64])
+    small_zoo.put("ghost", {"name": "ghost", "task": "summarization"})
+    (small_zoo.root / "adapters" / "stray").mkdir()
+    assert main(["list", "--zoo", str(small_zoo.root)]) == 0
+    out = capsys.readouterr().out
+    assert "qa" in out and "truncated" in out and "ghost" in out and "stray" in out
+    assert main(["doctor", "--zoo", str(small_zoo.root)]) == 1
+    assert "fix:" in capsys.readouterr().out
+    rt = Runtime(small_zoo, base=str(tiny_base_dir), quant=False)
+    assert rt.available() == ["sentiment"]
+    assert rt.generate(["hi"], adapter="sentiment", max_new_tokens=3)[0]["answer"] is not None
+    rt.close()
+
+
+def test_pickle_adapter_files_are_refused(small_zoo, tiny_base_dir):
+    """An adapter shipped as pickle (.bin) is reported and never loaded."""
+    d = small_zoo.adapter_dir("qa")
+    (d / "adapter_model.safetensors").rename(d / "adapter_model.bin")
+    problems = [p.what for p in small_zoo.problems() if p.name == "qa"]
+    assert any("pickle" in p for p in problems)
+    rt = Runtime(small_zoo, base=str(tiny_base_dir), quant=False)
+    with pytest.raises(ZooError, match="damaged"):
+        rt.load_adapter("qa")
+    rt.close()
+
+
+def test_remote_code_in_a_base_folder_never_runs(tiny_base_dir, tmp_path):
+    """A base whose config asks for custom code: the code is not executed."""
+    import shutil
+
+    base = tmp_path / "evil-base"
+    shutil.copytree(tiny_base_dir, base)
+    marker = tmp_path / "pwned"
+    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                  "from transformers import LlamaForCausalLM as EvilModel\n")
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
+    (base / "config.json").write_text(json.dumps(cfg))
+    try:
+        load_base(str(base), quant=False)
+    except Exception:
+        pass
+    assert not marker.exists()
+
+
+def test_fifty_concurrent_requests(small_zoo, tiny_base_dir):
+    """50 threads hit the shared runtime at once, twice: every answer equals the sequential one, and memory
+    after the second burst is back at its level after the first (no leak; glibc keeps per-thread arenas)."""
+    import psutil
+
+    rt = Runtime(small_zoo, base=str(tiny_base_dir), quant=False)
+    prompts = [(f"question number {i}", ["sentiment", "qa", "none"][i % 3]) for i in range(50)]
+    expected = [rt.generate([p], adapter=a, max_new_tokens=4)[0]["answer"] for p, a in prompts]
+
+    def burst():
+        results, errors = [None] * 50, []
+
+        def ask(i):
+            try:
+                results[i] = rt.generate([prompts[i][0]], adapter=prompts[i][1], max_new_tokens=4)[0]["answer"]
+            except Exception as e:  # collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors and results == expected
+        rt.release_memory()
+        return psutil.Process().memory_info().rss
+
+    first = burst()
+    second = burst()
+    assert second - first < 30 * 2**20, (first, second)
+    rt.close()
+
+
+BAD_VALUES = {"empty": "", "huge": "x" * (1 << 20), "binary": "\x00\x01\xff\xfe", "non_utf8": "caf\udce9",
+              "number": "-1"}
+FUZZ_CALLS = [
+    ["train", "{v}"], ["train", "sentiment", "--max-steps", "{v}"], ["train", "sentiment", "--name", "{v}"],
+    ["eval", "{v}"], ["eval", "-n", "{v}"], ["list", "--json", "{v}"], ["remove", "{v}"], ["doctor", "{v}"],
+    ["tasks", "{v}"], ["train", "{v}.yaml"],
+]
+
+
+@pytest.mark.parametrize("kind", list(BAD_VALUES))
+def test_cli_fuzz_bad_inputs_end_in_clean_errors(kind, small_zoo, capsys):
+    """Every command fed empty, 1 MB, binary, non-UTF-8 and mistyped input: exit 2 or a sane answer, no
+    traceback, zoo unchanged."""
+    before = tree_digest(small_zoo.root)
+    for call in FUZZ_CALLS:
+        argv = [a.replace("{v}", BAD_VALUES[kind]) for a in call] + ["--zoo", str(small_zoo.root)]
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc in (0, 1, 2), (call, rc)
+        assert "Traceback" not in err and "internal error" not in err, (call, err[:300])
+        if rc == 2:
+            assert len(err.strip().splitlines()) == 1, (call, err[:300])
+    assert tree_digest(small_zoo.root) == before
+
+
+def test_every_command_module_is_importable_and_configured():
+    """The CLI table and the parser stay in sync (every command builds its options)."""
+    from zoo.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)

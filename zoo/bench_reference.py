@@ -1,0 +1,97 @@
+"""The textbook QLoRA recipe, as the tutorials write it, for `zoo bench` to measure `zoo train` against.
+
+NF4 base (bitsandbytes) -> `prepare_model_for_kbit_training` -> `get_peft_model` with LoRA on every layer ->
+plain `transformers.Trainer`, chat-formatted examples padded per batch, loss on every token. It gets the same
+rows, template draws, LoRA rank/alpha/targets, learning rate, schedule and effective batch as `zoo train`, so
+what differs is only the recipe. Nothing here is used outside the benchmark.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+
+def format_examples(spec, tokenizer, rows: list[dict], max_len: int, seed: int) -> list[dict]:
+    """User + assistant turns through the chat template, truncated at `max_len`; labels = input ids.
+
+    Templates are drawn with the same seeded generator as `zoo.train.build_examples`, so both recipes see
+    the same prompts.
+    """
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        messages = [{"role": "user", "content": spec.prompt(row, rng.randrange(len(spec.templates)))},
+                    {"role": "assistant", "content": spec.target(row)}]
+        enc = tokenizer.apply_chat_template(messages, tokenize=True, truncation=True, max_length=max_len)
+        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        out.append({"input_ids": ids, "labels": list(ids)})
+    return out
+
+
+def load_model(base_path: str | Path, lora, device: str):
+    """NF4 + double quantization, k-bit preparation (fp32 norms, input grads, gradient checkpointing), LoRA
+    on all layers."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from zoo.base import pick_compute_dtype
+
+    dtype = pick_compute_dtype(device)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=bnb, dtype=dtype,
+                                                 device_map={"": device})
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.module_names(), bias="none", task_type="CAUSAL_LM")
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return get_peft_model(model, config), tokenizer, dtype
+
+
+def make_trainer(model, tokenizer, examples: list[dict], train, out_dir: Path, device: str, dtype):
+    """`Trainer` with a padding collator. DataCollatorForSeq2Seq pads labels with -100, so loss covers every
+    real token; DataCollatorForLanguageModeling would also mask the end-of-turn token, which is the pad token
+    of SmolLM2, and the model would never learn to stop."""
+    import math
+
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    steps = math.ceil(len(examples) * train.epochs / (train.batch_size * train.grad_accum))
+    args = TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum, learning_rate=train.learning_rate,
+        num_train_epochs=train.epochs, lr_scheduler_type="cosine", warmup_steps=int(steps * train.warmup_ratio),
+        optim=train.optimizer, logging_steps=max(1, min(5, steps // 10)), save_strategy="no",
+        report_to="none", seed=train.seed, data_seed=train.seed, use_cpu=device == "cpu",
+        bf16=dtype == torch.bfloat16 and device != "cpu", fp16=dtype == torch.float16,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True)
+    return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+
+
+def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path, device: str) -> dict:
+    """Train one adapter the textbook way; save it (PEFT format) in `out_dir`. Returns timing and config."""
+    from transformers import set_seed
+
+    set_seed(spec.train.seed)
+    t0 = time.perf_counter()
+    model, tokenizer, dtype = load_model(base_path, spec.lora, device)
+    load_s = time.perf_counter() - t0
+    examples = format_examples(spec, tokenizer, rows, spec.train.max_seq_len, spec.train.seed)
+    trainer = make_trainer(model, tokenizer, examples, spec.train, out_dir / "run", device, dtype)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    log = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "load_seconds": load_s, "examples": len(examples),
+            "tokens": sum(len(e["input_ids"]) for e in examples), "final_loss": log[-1] if log else None,
+            "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
+                     "target_modules": spec.lora.module_names(), "layers": "all", "use_dora": False,
+                     "gradient_checkpointing": True, "loss_on": "all tokens", "batching": "padded"}}
