@@ -40,7 +40,7 @@ def build_app(runtime):
             with gr.Tab("Blend adapters", id="blend"):
                 _blend_tab(gr, runtime)
             with gr.Tab("The zoo", id="zoo"):
-                _zoo_tab(gr, runtime)
+                _zoo_tab(gr, app, runtime)
     app.queue(default_concurrency_limit=1)
     return app
 
@@ -93,8 +93,7 @@ def _auto_tab(gr, runtime, router_error: str | None):
             prompt = gr.Textbox(label="Your request", lines=7, max_lines=24, autofocus=True, elem_id="auto-prompt",
                                 placeholder="Paste a review, a passage and a question, a dialogue… or ask anything.")
             if router_error:
-                gr.Markdown(f"⚠️ **No router in this zoo** ({router_error}). Pick the adapter to use by hand; "
-                            "train the router with `zoo route --train` to route automatically.")
+                gr.Markdown(f"⚠️ **Routing is off:** {router_error}. Until then, pick the adapter below.")
             fallback = gr.Dropdown(adapters, value=adapters[0] if adapters else None, visible=bool(router_error),
                                    label="Adapter to use (no router)")
             with gr.Row():
@@ -104,7 +103,8 @@ def _auto_tab(gr, runtime, router_error: str | None):
                 tokens = _tokens_slider(gr)
         with gr.Column(scale=2):
             route = gr.Textbox(label="Chosen route", interactive=False, elem_id="auto-route")
-            probs = gr.Label(label="Router: probability of every route", show_heading=False, elem_id="auto-probs")
+            probs = gr.Label(label="Router: probability of every route", show_heading=False, elem_id="auto-probs",
+                             visible=not router_error)
     gr.Examples([[p] for _, p, _ in EXAMPLES], inputs=[prompt], example_labels=[lbl for lbl, _, _ in EXAMPLES],
                 label="Examples: one per task, and requests no adapter serves")
     outputs = [route, probs, *_answer_pair(gr, "Routed answer", "auto")]
@@ -156,8 +156,8 @@ def _blend_tab(gr, runtime):
         return
     with gr.Row(equal_height=False):
         with gr.Column(scale=2):
-            sliders = [gr.Slider(-1, 2, value=1.0 if i == 0 else 0.0, step=0.05, label=f"weight of {n}",
-                                 elem_id=f"blend-w-{n}") for i, n in enumerate(names)]
+            sliders = [gr.Slider(-1, 2, value=1.0, step=0.05, label=f"weight of {n}", elem_id=f"blend-w-{n}")
+                       for n in names]
             method = gr.Dropdown(list(METHODS), value="cat", label="Method", elem_id="blend-method")
             about = gr.Markdown(f"*cat*: {METHODS['cat']}", elem_classes="timing")
             density = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Density",
@@ -185,22 +185,24 @@ def _blend_tab(gr, runtime):
           api_name="blend", **MODEL)
 
 
-def _zoo_tab(gr, runtime):
-    gr.Markdown("Every adapter of the zoo: its task, base, size and training time, and how it scores against the "
-                "plain base on its task's validation data (`zoo eval`).")
+def _zoo_tab(gr, app, runtime):
+    with gr.Row(equal_height=True):
+        gr.Markdown("Every adapter of the zoo: its task, base, size and training time, and how it scores against "
+                    "the plain base on its task's validation data (`zoo eval`).")
+        refresh = gr.Button("Refresh from disk", size="sm", scale=0, min_width=160)
     table = gr.Dataframe(zoo_rows(runtime.zoo), headers=ZOO_COLUMNS, interactive=False, wrap=True,
                          datatype=["str"] * 4 + ["number"] * 3 + ["str"] + ["number"] * 3 + ["str"],
-                         column_widths=["12%", "10%", "7%", "12%", "5%", "7%", "8%", "9%", "8%", "8%", "6%", "8%"],
+                         column_widths=["12%", "12%", "7%", "12%", "5%", "7%", "8%", "9%", "7%", "7%", "6%", "8%"],
                          elem_id="zoo-table")
-    plots = zoo_plots(runtime.zoo)
-    gallery = gr.Gallery(plots, label="Reports", columns=2, height="auto", object_fit="contain",
-                         visible=bool(plots), elem_id="zoo-plots")
-    note = gr.Markdown("No report plots yet: run `zoo eval` (or `make run`) to make them.", visible=not plots)
-    refresh = gr.Button("Refresh", size="sm")
+    refresh.click(lambda: zoo_rows(runtime.zoo), None, table, api_name="zoo")
 
-    def zoo_view():
-        """The zoo's table and report plots, read again from disk."""
+    @gr.render(triggers=[app.load, refresh.click])
+    def plots():
+        """The report plots found on disk now, each at its own size (they are of different shapes)."""
         found = zoo_plots(runtime.zoo)
-        return zoo_rows(runtime.zoo), gr.Gallery(found, visible=bool(found)), gr.Markdown(visible=not found)
-
-    refresh.click(zoo_view, None, [table, gallery, note], api_name="zoo")
+        if not found:
+            gr.Markdown("No report plots yet: run `zoo eval` (or `make run`) to make them.")
+        for path, caption in found:
+            with gr.Group(elem_classes="zoo-plot"):
+                gr.Markdown(f"**{caption}**", padding=True)
+                gr.Image(path, show_label=False, interactive=False, buttons=["download", "fullscreen"])

@@ -17,7 +17,7 @@ from zoo.runtime import DEFAULT_MAX_NEW_TOKENS, NONE
 
 SAME_MODEL = "same model: no adapter was chosen, so the routed answer is the base's"
 WAITING = "waiting for the adapter's answer…"
-ZOO_COLUMNS = ["adapter", "task", "kind", "base model", "rank", "size (MB)", "training (s)", "metric",
+ZOO_COLUMNS = ["adapter", "task", "kind", "base model", "rank", "size (MB)", "training time (s)", "metric",
                "base score", "adapter score", "gain", "status"]
 
 
@@ -49,7 +49,9 @@ def new_tokens(runtime, adapters: list[str], requested: float | None = 0) -> int
 
 
 def timing(runtime, text: str, seconds: float) -> str:
-    tokens = len(runtime.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    if not text.strip():
+        return f"{seconds:.2f} s · empty answer: the model ended its turn at once"
+    tokens = len(runtime.tokenizer(text, add_special_tokens=False)["input_ids"])
     rate = f" · {tokens / seconds:.1f} tokens/s" if tokens and seconds > 0 else ""
     return f"{seconds:.2f} s · {tokens} tokens{rate}"
 
@@ -263,7 +265,8 @@ def zoo_summary(runtime, router_error: str | None) -> str:
     ref = runtime.loaded.ref
     n = len(runtime.zoo.entries())
     quant = "NF4 4-bit" if runtime.loaded.quantized else "full precision"
-    router = f"⚠️ no router: {router_error}" if router_error else "router ready"
+    router = ("**router:** not available" if router_error else
+              f"**router:** routes to {', '.join(str(c) for c in runtime.router.classes_)}")
     return (f"**Zoo:** `{runtime.zoo.root}` · {n} adapter{'s' * (n != 1)} · "
             f"**base:** `{short_base(ref.id)}` ({quant}, {runtime.loaded.device}) · "
             f"{router}")

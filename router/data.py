@@ -8,6 +8,8 @@ out-of-scope prompts.
 
 from __future__ import annotations
 
+import string
+
 from router.model import NONE
 from router.oos import oos_prompts
 from zoo.data import data_dir_from_env, load_rows, read_jsonl
@@ -54,7 +56,7 @@ def bare_prompts(spec, rows: list[dict]) -> list[str]:
     return ["\n\n".join(str(row[c]) for c in spec.input_columns) for row in rows]
 
 
-def swapped_prompts(spec, rows: list[dict], passages: list[str], seed: int = 0) -> list[str]:
+def swapped_prompts(spec, rows: list[dict], passages: list[str], templates: list[str], seed: int = 0) -> list[str]:
     """Templates with another task's passage in the task's passage slot (`truncate_column`): the wording of
     the request decides the route, not the kind of text (a question about a dialogue is still QA)."""
     import random
@@ -62,8 +64,31 @@ def swapped_prompts(spec, rows: list[dict], passages: list[str], seed: int = 0) 
     if not spec.truncate_column or not passages:
         return []
     rng = random.Random(seed)
-    return [spec.prompt({**row, spec.truncate_column: rng.choice(passages)}, i)
+    return [templates[i % len(templates)].format(**{**{c: row[c] for c in spec.input_columns},
+                                                    spec.truncate_column: rng.choice(passages)})
             for i, row in enumerate(rows)]
+
+
+def flipped_templates(spec) -> list[str]:
+    """Single-slot templates with the request moved to the other side of the input ("X\n\n{dialogue}" ->
+    "{dialogue}\n\nX"): people put the request before or after the text, whatever the template does."""
+    out = []
+    for t in spec.templates:
+        slots = [f for _, f, _, _ in string.Formatter().parse(t) if f]
+        if len(slots) != 1:
+            continue
+        before, _, after = t.partition("{" + slots[0] + "}")
+        if before.strip() and not after.strip():
+            out.append("{%s}\n\n%s" % (slots[0], before.strip()))
+        elif after.strip() and not before.strip():
+            out.append("%s\n\n{%s}" % (after.strip(), slots[0]))
+    return out
+
+
+def flipped_prompts(spec, rows: list[dict]) -> list[str]:
+    flips = flipped_templates(spec)
+    return [flips[i % len(flips)].format(**{c: row[c] for c in spec.input_columns})
+            for i, row in enumerate(rows)] if flips else []
 
 
 def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int = 0,
@@ -76,9 +101,13 @@ def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int
         p = task_prompts(spec, rows[spec.name])
         if "bare" in augment:
             p += bare_prompts(spec, rows[spec.name])
-        if "swap" in augment:
+        if "flip" in augment:
+            p += flipped_prompts(spec, rows[spec.name])
+        n_swap = max([int(a[4:] or 1) for a in augment if a.startswith("swap")] or [0])
+        for k in range(n_swap):
             others = [x for name, ps in passages.items() if name != spec.name for x in ps]
-            p += swapped_prompts(spec, rows[spec.name], others, seed)
+            templates = list(spec.templates) + (flipped_templates(spec) if "flip" in augment else [])
+            p += swapped_prompts(spec, rows[spec.name][k::n_swap] if False else rows[spec.name], others, templates[k:] + templates[:k], seed + k)
         prompts += p
         labels += [spec.name] * len(p)
     oos = oos_prompts("train")
@@ -127,8 +156,11 @@ def eval_sets(specs: list, data_dir=None, n: int = 100, seed: int = 1) -> dict[s
                                                         [spec.name] * len(rows))
         ood = ood_rows(spec, data_dir, limit=n, seed=seed)
         if ood:
-            sets[f"{spec.name}/ood/held-out"] = (phrase(phrasings or spec.templates, ood, spec.input_columns),
-                                                 [spec.name] * len(ood))
+            sets[f"{spec.name}/ood/templates"] = (phrase(spec.templates, ood, spec.input_columns),
+                                                  [spec.name] * len(ood))
+            if phrasings:
+                sets[f"{spec.name}/ood/held-out"] = (phrase(phrasings, ood, spec.input_columns),
+                                                     [spec.name] * len(ood))
     oos = oos_prompts("eval")
     sets["none/out-of-scope"] = (oos, [NONE] * len(oos))
     return sets

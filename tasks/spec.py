@@ -24,7 +24,9 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_bnb
 class LoraSettings:
     r: int = field(default=16, metadata={"help": "LoRA rank"})
     alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout on the LoRA input; 0 by default: short runs don't overfit, and each dropout keeps a copy "
+                "of every adapted layer's input for backward"})
     target_modules: str | tuple[str, ...] = field(
         default="all-linear", metadata={"help": "preset (attention, mlp, all-linear) or a list of module names"})
     layers: int | None = field(
@@ -64,6 +66,10 @@ class TrainSettings:
     def __post_init__(self):
         if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs <= 0:
             raise ZooError("learning rate, batch size, accumulation and epochs must be positive")
+        for name in ("max_examples", "max_steps", "max_seq_len", "row_tokens", "save_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ZooError(f"{name} must be at least 1 (got {value})")
         if self.optimizer not in OPTIMIZERS:
             raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

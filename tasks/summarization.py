@@ -19,9 +19,9 @@ SPEC = register(TaskSpec(
         "Give a brief third-person summary of the following chat.\n\n{dialogue}",
     ),
     truncate_column="dialogue",
-    max_new_tokens=60,
+    max_new_tokens=48,
     lora=LoraSettings(r=16, alpha=32),
-    train=TrainSettings(learning_rate=5e-4, batch_size=8, max_examples=240),
+    train=TrainSettings(learning_rate=5e-4, batch_size=8, max_examples=200),
     ood={"dataset": "scitldr", "split": "test", "columns": {"dialogue": "source"}},
     license="cc-by-nc-sa-4.0",
 ))

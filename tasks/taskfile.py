@@ -26,8 +26,12 @@ SPEC_KEYS = {f.name for f in fields(TaskSpec)} - {"target_fn"}
 
 
 def load_task_file(path: Path) -> TaskSpec:
-    if not path.is_file():
-        raise ZooError(f"task file {path} does not exist")
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long or otherwise impossible for this filesystem
+        exists = False
+    if not exists:
+        raise ZooError(f"task file {str(path)[:120]!r} does not exist")
     raw = _parse(path)
     if not isinstance(raw, dict):
         raise ZooError(f"task file {path} must hold a mapping of settings, not {type(raw).__name__}")

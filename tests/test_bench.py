@@ -54,6 +54,10 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
     assert mem["base_fp32"]["dtype"] == "float32"
     assert {"cpu", "cores", "device", "versions"} <= set(r["machine"])
     assert all(r["machine"]["versions"][p] for p in ("torch", "transformers", "peft", "bitsandbytes"))
+    rt = r["router"]
+    assert rt["batch_prompts"] == 30 and rt["single_prompts"] == 5 and rt["p99_ms"] >= rt["p50_ms"] > 0
+    assert sum(rt["routes"].values()) == 30 and rt["prompts_per_s"] > 0
+    assert "errors" not in r
     assert len(r["bars"]) == 5 and all(isinstance(b["pass"], bool) for b in r["bars"])  # 2 train + 3 ratios
 
 
@@ -122,3 +126,18 @@ def test_reference_sees_the_same_prompts_as_ours(tiny_base_dir, data_dir):
         for o, r in zip(ours, ref):
             assert r["input_ids"][:len(o["input_ids"])] == o["input_ids"]  # then only the template's final "\n"
             assert len(r["input_ids"]) == len(o["input_ids"]) + 1 and r["labels"] == r["input_ids"]
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tiny_base_dir, data_dir, monkeypatch):
+    import zoo.bench as bench
+
+    def broken(*a, **k):
+        raise RuntimeError("router exploded")
+
+    monkeypatch.setattr(bench, "bench_router", broken)
+    cfg = bench.config_for("tiny", base=str(tiny_base_dir), data_dir=str(data_dir), isolate=False,
+                           sections=("memory", "router"))
+    r = bench.run_bench(cfg)
+    assert r["errors"] == {"router": "RuntimeError: router exploded"}
+    assert r["rss_10_over_1"] > 0  # memory still ran
+    assert [b["pass"] for b in r["bars"] if b["bar"] == "section router ran"] == [False]

@@ -246,3 +246,18 @@ def test_report_rows_and_fractions(zoo_dir):
     assert "0.750 (0.6 / 0.8)" in path.read_text()
     with pytest.raises(ZooError, match="no blends"):
         write_combination_report(Zoo(zoo_dir), [])
+
+
+def test_report_from_scores_recorded_by_zoo_eval(zoo):
+    """`zoo eval NAME --tasks ...` records a blend's scores; `zoo combine --report` turns them into fractions."""
+    assert cli(zoo, "sent", "qa1", "--name", "mix") == 0
+    zoo.set_metrics("mix", "tasks", {"sentiment": {"accuracy": 0.6, "macro_f1": 0.5}, "qa": {"f1": 30.0}})
+    zoo.set_metrics("sent", "eval", {"task": "sentiment", "adapter": {"accuracy": 0.8}})
+    zoo.set_metrics("qa1", "tasks", {"qa": {"f1": 40.0}})
+    assert cli(zoo, "--report") == 0
+    rows = json.loads((zoo.reports_dir / "combinations.json").read_text())["blends"]
+    assert len(rows) == 1 and rows[0]["adapter"] == "mix"
+    assert rows[0]["tasks"]["sentiment"]["fraction"] == pytest.approx(0.75)
+    assert rows[0]["tasks"]["qa"]["fraction"] == pytest.approx(0.75)
+    assert rows[0]["mean_fraction"] == pytest.approx(0.75)
+    assert "mix (cat 0.5/0.5)" in (zoo.reports_dir / "combinations.md").read_text()

@@ -5,6 +5,7 @@ routing is real even though the answers are noise; answers are checked against `
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -38,13 +39,15 @@ def build_zoo(root: Path, base_dir: Path, data_dir: Path | None) -> Zoo:
     zoo.update(lambda d: d["adapters"]["sentiment"].update(throughput={"seconds": 12.5}))
     zoo.set_metrics("sentiment", "eval", EVAL)
     zoo.reports_dir.mkdir(parents=True)
-    from PIL import Image
+    from zoo.reports import plot_task
 
-    Image.new("RGB", (40, 30), "steelblue").save(zoo.reports_dir / "sentiment.png")
+    losses = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.2}]
+    plot_task(zoo.reports_dir / "sentiment.png", EVAL, losses)
     if data_dir is not None:
         from router import fit_router
 
-        fit_router(zoo, data_dir=data_dir, tasks=TASKS)
+        # n-gram features: the MiniLM part of the default router takes minutes to fit on a small CPU
+        fit_router(zoo, data_dir=data_dir, tasks=TASKS, features="ngrams", rows_per_task=150)
     return zoo
 
 
@@ -110,7 +113,7 @@ def test_auto_handler_streams_and_matches_generate(runtime, expected):
     assert set(probs) == {*TASKS, "none"} and abs(sum(probs.values()) - 1) < 1e-4
     assert answer == expected[prompt]["answer"] and base == expected[prompt]["base"]
     assert n > 4  # streamed: partial answers were yielded before the final one
-    assert took.endswith("tokens/s") or " 0 tokens" in took
+    assert took.endswith("tokens/s") or "empty answer" in took
     assert " s · " in base_took
 
 
@@ -131,7 +134,7 @@ def test_handlers_refuse_bad_input_with_a_clear_message(runtime):
     with pytest.raises(ZooError, match="every weight is 0"):
         next(blend_answer(runtime, blender, {"qa": 0, "sentiment": 0}, "cat", 0.5, "hello", NEW))
     with pytest.raises(ZooError, match="unknown method"):
-        next(blend_answer(runtime, blender, {"qa": 1}, "average", 0.5, "hello", NEW))
+        next(blend_answer(runtime, blender, {"qa": 1, "sentiment": 0}, "average", 0.5, "hello", NEW))
 
 
 def test_blends_are_exact_cached_and_bounded(runtime):
@@ -159,15 +162,17 @@ def test_zoo_table_and_plots(demo_zoo):
     rows = {r[0]: dict(zip(ZOO_COLUMNS, r)) for r in zoo_rows(demo_zoo)}
     assert sorted(rows) == sorted(TASKS)
     s = rows["sentiment"]
-    assert (s["task"], s["rank"], s["training (s)"], s["metric"]) == ("sentiment", 4, 12.5, "accuracy")
+    assert (s["task"], s["rank"], s["training time (s)"], s["metric"]) == ("sentiment", 4, 12.5, "accuracy")
     assert (s["base score"], s["adapter score"], s["gain"], s["status"]) == (0.5, 0.85, 0.35, "ok")
     assert s["size (MB)"] > 0
     assert rows["qa"]["metric"] == "not evaluated"
     assert [Path(p).name for p, _ in zoo_plots(demo_zoo)] == ["sentiment.png"]
 
 
+@pytest.mark.reliability
 def test_missing_router_falls_back_to_a_manual_choice(tmp_path, tiny_base_dir):
-    """A zoo without a router: the app says so, shows an adapter picker, and answers with the picked adapter."""
+    """Demo over a zoo without a router: the page says so, shows an adapter picker, and answers with the
+    picked adapter."""
     from demo.app import build_app
     from demo.handlers import auto_answer, router_problem
     from zoo.runtime import Runtime
@@ -185,7 +190,7 @@ def test_missing_router_falls_back_to_a_manual_choice(tmp_path, tiny_base_dir):
     assert answer == rt.generate(["hello"], adapter="qa", max_new_tokens=NEW)[0]["answer"]
     app = build_app(rt)
     texts = [getattr(b, "value", None) or "" for b in app.blocks.values()]
-    assert any("No router in this zoo" in str(t) for t in texts)
+    assert any("Routing is off" in str(t) for t in texts)
     pickers = [b for b in app.blocks.values() if getattr(b, "label", None) == "Adapter to use (no router)"]
     assert pickers and pickers[0].visible
     rt.close()
@@ -205,19 +210,22 @@ def test_every_tab_answers_over_http(client, expected):
     # weights in slider order (qa, sentiment, summarization): the qa adapter alone
     recipe, answer, took = client.predict("cat", 0.5, prompt, NEW, 1.0, 0.0, 0.0, api_name="/blend")
     assert answer == expected[prompt]["answer"] and "`qa`" in recipe and " s · " in took
-    table, gallery, _ = client.predict(api_name="/zoo")
+    table = client.predict(api_name="/zoo")
     assert [r[0] for r in table["data"]] == sorted(TASKS)
-    assert len(gallery["value"]) == 1 and gallery["value"][0]["caption"].startswith("sentiment")
 
 
+@pytest.mark.reliability
 def test_errors_reach_the_page_as_messages(client):
+    """Demo: an empty prompt sent to the server comes back as a readable error message, not a crash."""
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="prompt is empty"):
         client.predict("", None, NEW, api_name="/auto")
 
 
+@pytest.mark.reliability
 def test_eight_concurrent_requests_all_answer_correctly(server, expected):
+    """Demo under load: eight visitors at once on the shared model each get their own route and answer."""
     from gradio_client import Client
 
     prompts = [p for _, p, _ in EXAMPLES] + [EXAMPLES[0][1], EXAMPLES[2][1]]
@@ -235,8 +243,9 @@ def test_eight_concurrent_requests_all_answer_correctly(server, expected):
 
 # in a real browser ----------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM}: `apt-get install -y chromium`")
-def test_browser_route_and_answer(server, expected, tmp_path):
-    """Load the page in headless Chromium, type a review, submit, and see the route, probabilities and answers."""
+def test_browser_route_and_answer(server, runtime, tmp_path):
+    """Load the page in headless Chromium, type a review, submit, and see the route, probabilities and answers
+    (at the task's own answer length, the page's default)."""
     from playwright.sync_api import expect, sync_playwright
 
     _, prompt, route = EXAMPLES[0]
@@ -249,23 +258,31 @@ def test_browser_route_and_answer(server, expected, tmp_path):
             page.goto(server)
             page.locator("#auto-prompt textarea").fill(prompt)
             page.locator("#auto-go").click()
-            expect(page.locator("#auto-base-time")).to_contain_text("tokens", timeout=60_000)
+            done = re.compile(r"\d\.\d\d s · ")  # the final timing line (while streaming: "generating… 1.2 s")
+            expect(page.locator("#auto-base-time")).to_contain_text(done, timeout=60_000)
             assert page.locator("#auto-route textarea").input_value().startswith(f"{route} (p=")
             expect(page.locator("#auto-probs")).to_contain_text("summarization")
-            assert page.locator("#auto-answer textarea").input_value() == expected[prompt]["answer"]
-            assert page.locator("#auto-base textarea").input_value() == expected[prompt]["base"]
+            shown = [page.locator(f"#auto-{k} textarea").input_value() for k in ("answer", "base")]
             page.screenshot(path=tmp_path / "demo-auto.png", full_page=True)
             page.get_by_role("tab", name="The zoo").click()
             expect(page.locator("#zoo-table")).to_contain_text("summarization")
+            expect(page.locator(".zoo-plot img")).to_have_count(1)  # the one report plot of the zoo
+            expect(page.locator(".zoo-plot")).to_contain_text("sentiment")
             page.screenshot(path=tmp_path / "demo-zoo.png", full_page=True)
             assert not errors, errors
         finally:
             browser.close()
     assert (tmp_path / "demo-auto.png").stat().st_size > 10_000
+    from tasks import get_task
+
+    budget = get_task(route).max_new_tokens  # the base answers with the adapter's budget, side by side
+    assert shown == [runtime.generate([prompt], adapter=a, max_new_tokens=budget)[0]["answer"] for a in (route, "none")]
 
 
 # the command ----------------------------------------------------------------------------------------------------
+@pytest.mark.reliability
 def test_zoo_demo_without_a_zoo_says_what_to_do(tmp_path, capsys):
+    """`zoo demo` with no zoo (or an empty one): exit 2 and a message that says to run `make run` first."""
     from zoo.cli import main
 
     assert main(["demo", "--zoo", str(tmp_path / "none")]) == 2

@@ -206,7 +206,7 @@ def test_cli_fuzz_bad_inputs_end_in_clean_errors(kind, small_zoo, capsys):
         assert "Traceback" not in err and "internal error" not in err, (call, err[:300])
         if rc == 2:
             assert len(err.strip().splitlines()) == 1, (call, err[:300])
-    assert tree_digest(small_zoo.root) == before
+        assert tree_digest(small_zoo.root) == before, call
 
 
 def test_every_command_module_is_importable_and_configured():
@@ -216,3 +216,29 @@ def test_every_command_module_is_importable_and_configured():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
+
+
+def test_hub_token_never_lands_in_output_or_files(small_zoo, tmp_path, monkeypatch, capsys):
+    """The Hub token (HF_TOKEN) never appears in logs, model cards, reports or the manifest."""
+    secret = "hf_SENTINELtoken1234567890abcdef"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    out_dir = tmp_path / "push"
+    calls = [["push", "--all", "--repo", "someone/zoo", "--dry-run", "--out", str(out_dir)],
+             ["list", "--json"], ["doctor"], ["push", "nope", "--repo", "someone/zoo", "--dry-run"]]
+    for argv in calls:
+        main(argv + ["--zoo", str(small_zoo.root)])
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    assert any(out_dir.rglob("README.md"))
+    for root in (small_zoo.root, out_dir):
+        for f in root.rglob("*"):
+            if f.is_file():
+                assert secret.encode() not in f.read_bytes(), f
+
+
+def test_demo_listens_on_localhost_by_default():
+    """The demo binds 127.0.0.1 unless --host says otherwise."""
+    from zoo.cli import build_parser
+
+    args = build_parser("demo").parse_args(["demo"])
+    assert args.host == "127.0.0.1" and not args.share

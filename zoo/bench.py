@@ -50,6 +50,7 @@ class BenchConfig:
     latency_reps: int = 5
     router_prompts: int = 1000
     router_single: int = 200  # prompts routed one by one for p50/p99
+    router_fit: tuple[tuple[str, object], ...] = ()  # extra `fit_router` arguments (tiny runs: a small fit)
     repeats: int = 1  # timed generation runs (best kept)
     isolate: bool = True  # measured jobs in fresh processes; False (tests only) mixes their peaks
 
@@ -59,7 +60,8 @@ PRESETS = {
     "full": BenchConfig(mode="full", train_examples=160, eval_n=100, gen_prompts=48, mixed_prompts=64,
                         router_single=500, repeats=3),
     "tiny": BenchConfig(mode="tiny", train_examples=8, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
-                        mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5),
+                        mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5,
+                        router_fit=(("rows_per_task", 12), ("features", "ngrams"))),
 }
 
 
@@ -317,19 +319,19 @@ def make_random_adapters(zoo, loaded, count: int, seed: int = 0) -> list[str]:
 
 
 # sections ------------------------------------------------------------------------------------
-def bench_training(cfg: BenchConfig, work_zoo: Path, device: str) -> dict:
-    """Each recipe on each task in its own fresh process: examples/s, tokens/s, peak memory."""
-    out = {}
+def bench_training(cfg: BenchConfig, work_zoo: Path, device: str, out: dict) -> None:
+    """Each recipe on each task in its own fresh process: examples/s, tokens/s, peak memory. Fills `out` task
+    by task, so the tasks already done survive a failure."""
     for task in cfg.tasks:
-        out[task] = {}
+        runs = {}
         for recipe in ("ours", "reference"):
             progress(f"training {task} with the {recipe} recipe ({cfg.train_examples} examples)...")
             job = {"kind": f"train-{recipe}", "task": task, "examples": cfg.train_examples, "base": cfg.base,
                    "device": device, "data_dir": cfg.data_dir, "zoo": str(work_zoo), "name": f"{recipe}-{task}"}
-            out[task][recipe] = run_worker(job, cfg.isolate)
-        ours, ref = out[task]["ours"], out[task]["reference"]
-        out[task]["speedup"] = round(ours["examples_per_s"] / ref["examples_per_s"], 2)
-    return out
+            runs[recipe] = x = run_worker(job, cfg.isolate)
+            progress(f"  {x['examples_per_s']} examples/s, {x['tokens_per_s']} tokens/s, "
+                     f"{x['train_seconds']} s, peak RSS {x['peak_rss_mb']} MB")
+        out[task] = {**runs, "speedup": round(runs["ours"]["examples_per_s"] / runs["reference"]["examples_per_s"], 2)}
 
 
 def score_trained(runtime, cfg: BenchConfig, training: dict) -> None:
@@ -447,10 +449,8 @@ def router_prompts(cfg: BenchConfig) -> list[str]:
     return (mixed * (cfg.router_prompts // max(1, len(mixed)) + 1))[:cfg.router_prompts]
 
 
-def get_router(user_zoo, work_zoo, data_dir) -> tuple[object, str]:
+def get_router(user_zoo, work_zoo, data_dir, fit_args: dict) -> tuple[object, str]:
     """The user's zoo's router when it has one, else one fitted here on the built-in tasks (work zoo)."""
-    import inspect
-
     import router
 
     if user_zoo is not None and user_zoo.router_dir.exists():
@@ -458,9 +458,8 @@ def get_router(user_zoo, work_zoo, data_dir) -> tuple[object, str]:
             return router.load_router(user_zoo), f"loaded from {user_zoo.root}"
         except ZooError:
             pass
-    kwargs = {"data_dir": data_dir} if "data_dir" in inspect.signature(router.fit_router).parameters else {}
     t0 = time.perf_counter()
-    fitted = router.fit_router(work_zoo, tasks=list(ADAPTER_TASKS), **kwargs)
+    fitted = router.fit_router(work_zoo, tasks=list(ADAPTER_TASKS), data_dir=data_dir, **fit_args)
     return fitted, f"fitted here on {', '.join(ADAPTER_TASKS)} in {time.perf_counter() - t0:.1f} s"
 
 
@@ -468,10 +467,7 @@ def bench_router(cfg: BenchConfig, user_zoo, work_zoo) -> dict:
     """Per-prompt latency (p50/p99, one prompt per call) and throughput for one batch of all prompts."""
     import numpy as np
 
-    try:
-        rtr, source = get_router(user_zoo, work_zoo, cfg.data_dir)
-    except (ImportError, AttributeError) as e:  # the router package is not there (yet)
-        return {"status": f"unavailable: {type(e).__name__}: {e}"}
+    rtr, source = get_router(user_zoo, work_zoo, cfg.data_dir, dict(cfg.router_fit))
     prompts = router_prompts(cfg)
     progress(f"router: {cfg.router_single} prompts one by one, then a batch of {len(prompts)}...")
     rtr.route(prompts[:8])  # warm-up
@@ -483,7 +479,7 @@ def bench_router(cfg: BenchConfig, user_zoo, work_zoo) -> dict:
     t0 = time.perf_counter()
     routes = rtr.route(prompts)
     seconds = time.perf_counter() - t0
-    return {"status": "ok", "router": source, "single_prompts": len(lat),
+    return {"router": source, "single_prompts": len(lat),
             "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
             "batch_prompts": len(prompts), "batch_seconds": round(seconds, 3),
             "prompts_per_s": round(len(prompts) / max(seconds, 1e-9), 1),
@@ -501,10 +497,18 @@ def prepare_adapters(work, user_zoo, loaded, total: int) -> dict:
 
 
 @contextlib.contextmanager
-def timed(timings: dict, name: str):
+def section(result: dict, name: str):
+    """Time a section; a failure is recorded and the other sections still run (a run can take an hour)."""
     t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 1)
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - reported in the result and on stderr, never swallowed silently
+        import traceback
+
+        progress(f"section {name} failed:\n{traceback.format_exc()}")
+        result.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+    finally:
+        result["section_seconds"][name] = round(time.perf_counter() - t0, 1)
 
 
 def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
@@ -516,33 +520,33 @@ def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
     unknown = set(cfg.sections) - set(SECTIONS)
     if unknown:
         raise ZooError(f"unknown bench section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    start, device, t = time.perf_counter(), cfg.device or pick_device(), {}
+    start, device, want = time.perf_counter(), cfg.device or pick_device(), set(cfg.sections)
     result: dict = {"mode": cfg.mode, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "machine": machine_info(device), "config": asdict(cfg), "section_seconds": t}
+                    "machine": machine_info(device), "config": asdict(cfg), "section_seconds": {}}
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         work = Zoo(Path(tmp) / "zoo")
-        if "train" in cfg.sections:
-            with timed(t, "train"):
-                result["train"] = bench_training(cfg, work.root, device)
-        with timed(t, "adapters"):
-            adapters = prepare_adapters(work, user_zoo, load_base(cfg.base, device=device), cfg.adapters_total)
+        if "train" in want:
+            result["train"] = {}
+            with section(result, "train"):
+                bench_training(cfg, work.root, device, result["train"])
+        adapters = prepare_adapters(work, user_zoo, load_base(cfg.base, device=device), cfg.adapters_total)
         result["adapters"] = {k: v for k, v in adapters.items() if k != "order"}
         runtime = Runtime(work, base=cfg.base, device=device)
         try:
-            if "train" in cfg.sections:
-                with timed(t, "train_scoring"):
+            if result.get("train"):
+                with section(result, "train_scoring"):
                     score_trained(runtime, cfg, result["train"])
-            if "inference" in cfg.sections:
+            if "inference" in want:
                 qa = "ours-qa" if "ours-qa" in adapters["order"] else adapters["order"][0]
-                with timed(t, "inference"):
+                with section(result, "inference"):
                     result["inference"] = bench_inference(runtime, cfg, adapters["order"], qa)
         finally:
             runtime.close()
-        if "memory" in cfg.sections:
-            with timed(t, "memory"):
+        if "memory" in want:
+            with section(result, "memory"):
                 result["memory"] = bench_memory(cfg, work.root, adapters["order"], device)
-        if "router" in cfg.sections:
-            with timed(t, "router"):
+        if "router" in want:
+            with section(result, "router"):
                 result["router"] = bench_router(cfg, user_zoo, work)
     result["seconds"] = round(time.perf_counter() - start, 1)
     result.update(headline(result))
@@ -562,16 +566,19 @@ def bars(result: dict) -> list[dict]:
     """PASS/FAIL per bar; a bar whose section did not run is left out."""
     out = []
     for task, t in result.get("train", {}).items():
-        ours, ref = t["ours"]["metric"], t["reference"]["metric"]
-        out.append({"bar": f"train {task}: >= 2x reference examples/s, {ours['name']} >= reference",
-                    "value": f"{t['speedup']}x, {ours['value']:.3g} vs {ref['value']:.3g}",
-                    "pass": t["speedup"] >= 2 and ours["value"] >= ref["value"]})
+        ours, ref = t["ours"].get("metric"), t["reference"].get("metric")
+        scores = f", {ours['value']:.3g} vs {ref['value']:.3g}" if ours and ref else ", not scored"
+        out.append({"bar": f"train {task}: >= 2x reference examples/s, {(ours or {}).get('name', 'metric')} "
+                           ">= reference", "value": f"{t['speedup']}x{scores}",
+                    "pass": t["speedup"] >= 2 and bool(ours and ref) and ours["value"] >= ref["value"]})
     checks = [("batched eval >= 3x tokens/s of one at a time", "batched_eval_speedup", lambda v: v >= 3, "x"),
               ("mixed batch >= 0.8x single-adapter throughput", "mixed_batch_ratio", lambda v: v >= 0.8, "x"),
               ("10 adapters add < 15% RSS over 1", "rss_10_over_1", lambda v: v < 1.15, "x")]
     for text, key, ok, unit in checks:
         if result.get(key) is not None:
             out.append({"bar": text, "value": f"{result[key]}{unit}", "pass": bool(ok(result[key]))})
+    for name, error in result.get("errors", {}).items():
+        out.append({"bar": f"section {name} ran", "value": error, "pass": False})
     if result["mode"] == "quick":
         out.append({"bar": "--quick < 10 minutes", "value": f"{result['seconds']:.0f} s",
                     "pass": result["seconds"] < 600})

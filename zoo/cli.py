@@ -32,7 +32,13 @@ class Parser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr and exit code 2, like every other bad input."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, printable(f"{self.prog}: error: {message} (see `{self.prog} --help`)") + "\n")
+
+
+def printable(text: str, limit: int = 500) -> str:
+    """Undecodable bytes from argv (surrogates) or 1 MB arguments must not break or flood the error line."""
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(args)
     except ZooError as e:
-        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        print(printable(f"zoo {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zoo {args.command}: interrupted", file=sys.stderr)
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: one line by default, the traceback with ZOO_DEBUG=1
         if os.environ.get("ZOO_DEBUG"):
             raise
-        print(f"zoo {args.command}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with ZOO_DEBUG=1 for details)",
-              file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(printable(f"zoo {args.command}: internal error: {type(e).__name__}: {first} "
+                        "(rerun with ZOO_DEBUG=1 for details)"), file=sys.stderr)
         return 1

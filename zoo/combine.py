@@ -134,6 +134,8 @@ def refuse_unsupported(name: str, cfg: dict) -> None:
         why = "it trains biases, which add_weighted_adapter does not combine"
     elif cfg.get("modules_to_save"):
         why = f"it fully trains {cfg['modules_to_save']} (modules_to_save), which cannot be blended"
+    elif cfg.get("trainable_token_indices"):
+        why = "it trains token embeddings (trainable_token_indices), which add_weighted_adapter does not combine"
     elif cfg.get("target_parameters"):
         why = "it targets nn.Parameters (target_parameters), which add_weighted_adapter does not support"
     if why:
@@ -203,7 +205,8 @@ def apply_blend(peft_model, adapter_names: list[str], blend: Blend, new_name: st
         warnings.simplefilter("ignore")
         peft_model.add_weighted_adapter(adapter_names, list(blend.weights), new_name,
                                         combination_type=blend.method, svd_rank=blend.svd_rank,
-                                        density=blend.effective_density)
+                                        density=blend.effective_density,
+                                        svd_full_matrices=False)  # same top-r factors, half the time
 
 
 def load_parents(zoo, ref, parents: tuple[str, ...]):
@@ -342,25 +345,36 @@ def search(zoo, blends: list[Blend], n: int = DEFAULT_SEARCH_N, data_dir=None, s
     owners = task_owners(entries, checked[0].parents)
     specs = [get_task(t) for t in owners]
     runtime = Runtime(zoo, base=ref.id, quant=quant)
-    own = {s.name: task_score(s, evaluate_adapter_on_task(runtime, owners[s.name], s, n, data_dir, seed))
-           for s in specs}
-    rows = []
-    for i, blend in enumerate(checked):
-        name = f"zoo_search_{i}"
-        with runtime.lock:
-            for p in blend.parents:
-                runtime.load_adapter(p)
-            apply_blend(runtime.model, list(blend.parents), blend, name)
-        try:
-            scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n, data_dir, seed) for s in specs}
-        finally:
-            with runtime.lock:
-                runtime.model.delete_adapter(name)
-        rows.append(blend_row(blend.label, blend, specs, scores, own, n))
-        print(f"[zoo] {blend.label:<28} mean fraction of own-adapter score: {_fmt(rows[-1]['mean_fraction'])}",
+    try:
+        own = {s.name: task_score(s, evaluate_adapter_on_task(runtime, owners[s.name], s, n, data_dir, seed))
+               for s in specs}
+        print("[zoo] own adapters: " + ", ".join(f"{owners[t]} on {t} = {v:.3g}" for t, v in own.items()),
               flush=True)
-    runtime.close()
+        rows = []
+        for i, blend in enumerate(checked):
+            scores = score_in_runtime(runtime, blend, f"zoo_search_{i}", specs, n, data_dir, seed)
+            rows.append(blend_row(blend.label, blend, specs, scores, own, n))
+            print(f"[zoo] {blend.label:<28} mean fraction of own-adapter score: "
+                  f"{_fmt(rows[-1]['mean_fraction'])}", flush=True)
+    finally:
+        runtime.close()
     return sorted(rows, key=lambda r: -1e9 if r["mean_fraction"] is None else -r["mean_fraction"])
+
+
+def score_in_runtime(runtime, blend: Blend, name: str, specs, n: int, data_dir, seed: int) -> dict:
+    """Add the blend to the runtime's PeftModel under `name`, score it on every task, then drop it again."""
+    from zoo.evaluation import evaluate_adapter_on_task
+
+    with runtime.lock:
+        for p in blend.parents:
+            runtime.load_adapter(p)
+        apply_blend(runtime.model, list(blend.parents), blend, name)
+    try:
+        return {s.name: evaluate_adapter_on_task(runtime, name, s, n, data_dir, seed) for s in specs}
+    finally:
+        with runtime.lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "deleted the active adapter": the runtime sets one per call
+            runtime.model.delete_adapter(name)
 
 
 def _fmt(x) -> str:

@@ -25,7 +25,9 @@ def prompt_ids(runtime: Runtime, spec, rows: list[dict]) -> list[list[int]]:
 
 def run_outputs(runtime: Runtime, spec, rows, adapter: str, batch_size: int = 16) -> tuple[list[str], float]:
     t0 = time.perf_counter()
-    outputs = runtime.generate_ids(prompt_ids(runtime, spec, rows), adapter, spec.max_new_tokens, batch_size)
+    label = f"{spec.name}: {'base' if adapter == NONE else adapter}"
+    outputs = runtime.generate_ids(prompt_ids(runtime, spec, rows), adapter, spec.max_new_tokens, batch_size,
+                                   progress=label)
     return outputs, time.perf_counter() - t0
 
 

@@ -62,6 +62,14 @@ def check_out(out: Path, force: bool) -> None:
         raise ZooError(f"{out} exists and is not a folder; pick another --out")
 
 
+def check_not_inside(out: Path, keep: dict[str, Path]) -> None:
+    """--force replaces `out`: never let that be (or contain) the zoo or the base it merges from."""
+    for what, path in keep.items():
+        path = Path(path).resolve()
+        if path == out.resolve() or out.resolve() in path.parents:
+            raise ZooError(f"--out {out} would replace {what} ({path}); pick a separate folder")
+
+
 def adapter_and_base(zoo, name: str, base: str | None = None):
     """The manifest entry and the base it was trained on; refuses damaged adapters and foreign bases."""
     from zoo.base import check_same_base, resolve_base
@@ -201,6 +209,7 @@ def merge_adapter(zoo, name: str, out: str | os.PathLike, dtype: str = "fp32", q
     out = Path(out).expanduser().absolute()
     check_out(out, force)
     entry, ref = adapter_and_base(zoo, name, base)
+    check_not_inside(out, {"the zoo": zoo.root, "the base model": ref.path})
     staged = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     try:

@@ -142,20 +142,24 @@ class Runtime:
         return spec.max_new_tokens if spec else DEFAULT_MAX_NEW_TOKENS
 
     def generate_ids(self, prompt_ids: list[list[int]], adapters: str | list[str], max_new_tokens: int,
-                     batch_size: int = 8) -> list[str]:
+                     batch_size: int = 8, progress: str | None = None) -> list[str]:
         """Greedy batched generation with the KV cache; prompts sorted by length so batches pad little."""
         names = [adapters] * len(prompt_ids) if isinstance(adapters, str) else list(adapters)
         for name in set(names) - {NONE}:
             self.load_adapter(name)
         order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
         out: list[str] = [""] * len(prompt_ids)
-        with self.lock:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=progress, unit="ex", disable=progress is None, leave=False)
+        with self.lock, bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 texts = self._generate_chunk([prompt_ids[i] for i in chunk], [names[i] for i in chunk],
                                              max_new_tokens)
                 for i, t in zip(chunk, texts):
                     out[i] = t
+                bar.update(len(chunk))
         return out
 
     def _generate_chunk(self, ids: list[list[int]], names: list[str], max_new_tokens: int) -> list[str]:

@@ -62,11 +62,15 @@ class PackedCollator:
     def __init__(self, pad_id: int = 0, row_tokens: int = 512):
         self.pad_id = pad_id
         self.row_tokens = row_tokens
+        self.examples_seen = 0  # real examples and tokens (no padding), for honest throughput numbers
+        self.tokens_seen = 0
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         lengths = [len(f["input_ids"]) for f in features]
+        self.examples_seen += len(lengths)
+        self.tokens_seen += sum(lengths)
         groups = pack_rows(lengths, max(self.row_tokens, max(lengths)))
         width = max(sum(lengths[i] for i in g) for g in groups)
         ids, pos, rows, cols, targets = [], [], [], [], []
@@ -215,9 +219,9 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
                   f"{sum(len(e['input_ids']) for e in examples)} tokens, LoRA r={spec.lora.r} "
                   f"on {spec.lora.layers or 'all'} layers", flush=True)
             t0 = time.perf_counter()
-            result = trainer.train(resume_from_checkpoint=checkpoint)
+            trainer.train(resume_from_checkpoint=checkpoint)
             seconds = time.perf_counter() - t0
-            stats = _throughput(trainer, result, seconds, checkpoint)
+            stats = _throughput(trainer, collator, seconds)
             staged = zoo.staging_dir(name)
             model.save_pretrained(staged, selected_adapters=[name], safe_serialization=True)
             _flatten_adapter_dir(staged, name)
@@ -271,10 +275,9 @@ def _flatten_adapter_dir(staged: Path, name: str) -> None:
         sub.rmdir()
 
 
-def _throughput(trainer, result, seconds: float, checkpoint) -> dict:
-    state = trainer.state
-    steps_done = state.global_step - (int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0)
-    examples = steps_done * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-    tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
-    return {"seconds": round(seconds, 1), "steps": steps_done, "examples": examples, "tokens": int(tokens),
-            "examples_per_s": round(examples / seconds, 3), "tokens_per_s": round(tokens / seconds, 1)}
+def _throughput(trainer, collator: PackedCollator, seconds: float) -> dict:
+    """Real (unpadded) examples and tokens processed in this session, per second of training."""
+    steps = trainer.state.global_step
+    ex, tok = collator.examples_seen, collator.tokens_seen
+    return {"seconds": round(seconds, 1), "steps": steps, "examples": ex, "tokens": tok,
+            "examples_per_s": round(ex / seconds, 3), "tokens_per_s": round(tok / seconds, 1)}

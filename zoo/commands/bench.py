@@ -47,7 +47,9 @@ def run(args) -> int:
     else:
         print(render(result))
         print(f"\nsaved {path}")
-    return 0
+    for name, error in result.get("errors", {}).items():
+        print(f"zoo bench: section {name} failed: {error}", file=sys.stderr)
+    return 1 if result.get("errors") else 0
 
 
 def save(result: dict, out: str | None) -> Path:
@@ -128,8 +130,6 @@ def _memory_lines(mem: dict | None) -> list[str]:
 def _router_lines(rt: dict | None) -> list[str]:
     if not rt:
         return []
-    if rt.get("status") != "ok":
-        return ["router", f"  {rt.get('status')}", ""]
     return ["router", f"  {rt['router']}",
             f"  one prompt per call: p50 {rt['p50_ms']} ms, p99 {rt['p99_ms']} ms; batch of {rt['batch_prompts']}: "
             f"{rt['prompts_per_s']} prompts/s", ""]

@@ -77,6 +77,10 @@ def cross_task(zoo, names, args) -> int:
                                                    seed=args.seed) for s in specs}
         results.append({"name": name, "n": args.n, "tasks": scores})
         zoo.set_metrics(name, "tasks", scores)
+    if any(zoo.get(n).get("kind") == "combined" for n in names):
+        from zoo.combine import rows_from_manifest, write_combination_report
+
+        write_combination_report(zoo, rows_from_manifest(zoo))
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -1,0 +1,96 @@
+"""`zoo route "PROMPT"`: which adapter would answer (or `none`: the plain base), with every route's probability.
+
+`zoo route --train` fits the router for the zoo's tasks. Without PROMPT, prompts come from stdin, one per
+line, as plain text or JSONL objects with a `prompt` field; `--json` prints one JSON object per prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from zoo.errors import ZooError
+
+BATCH = 256
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", nargs="?", default=None, help="prompt to route (default: read prompts from stdin)")
+    p.add_argument("--train", action="store_true", help="fit the router for the zoo's tasks and save it in the zoo")
+    p.add_argument("--tasks", nargs="+", default=None, help="with --train: fit for these tasks instead")
+    p.add_argument("--rows", type=int, default=300, help="with --train: training rows sampled per task")
+    p.add_argument("--features", choices=("mix", "ngrams", "minilm"), default=None,
+                   help="with --train: feature set (default mix; ngrams needs no embedding model but is less accurate)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
+    p.add_argument("--json", action="store_true", help='one {"route", "probs"} JSON object per prompt')
+
+
+def run(args) -> int:
+    from zoo.store import Zoo
+
+    zoo = Zoo(args.zoo)
+    if args.train:
+        train(zoo, args)
+        if args.prompt is None:
+            return 0
+    prompts = [check_prompt(args.prompt, "PROMPT")] if args.prompt is not None else read_prompts(sys.stdin)
+    from router import load_router
+
+    router = load_router(zoo)
+    for i in range(0, len(prompts), BATCH):
+        chunk = prompts[i:i + BATCH]
+        for prompt, result in zip(chunk, router.route(chunk)):
+            print(json.dumps(result) if args.json else describe(prompt, result, single=len(prompts) == 1))
+    return 0
+
+
+def train(zoo, args) -> None:
+    from router import fit_router
+
+    if args.rows < 1:
+        raise ZooError("--rows must be at least 1")
+    params = {"features": args.features} if args.features else {}
+    router = fit_router(zoo, data_dir=args.data_dir, seed=args.seed, tasks=args.tasks, rows_per_task=args.rows,
+                        **params)
+    print(f"[zoo] router fit for routes {', '.join(map(str, router.classes_))} "
+          f"(threshold {router.threshold}); saved in {zoo.router_dir}", file=sys.stderr)
+
+
+def check_prompt(prompt: str, where: str) -> str:
+    if not prompt.strip():
+        raise ZooError(f"empty prompt ({where}): give some text to route")
+    return prompt
+
+
+def read_prompts(stream) -> list[str]:
+    """Lines of stdin as prompts: JSONL objects give their `prompt` field, anything else is the prompt.
+    Bytes that are not UTF-8 are replaced, never fatal."""
+    if stream is None or stream.isatty():
+        raise ZooError('no prompt: pass "PROMPT" or pipe prompts on stdin (one per line, or JSONL with "prompt")')
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    prompts = [parse_line(line, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not prompts:
+        raise ZooError("empty prompt: stdin holds no text to route")
+    return prompts
+
+
+def parse_line(line: str, n: int) -> str:
+    stripped = line.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            return line  # text that merely starts with a brace
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ZooError(f"stdin line {n}: a JSON object needs a string 'prompt' field")
+        return check_prompt(obj["prompt"], f"stdin line {n}")
+    return line
+
+
+def describe(prompt: str, result: dict, single: bool) -> str:
+    probs = "  ".join(f"{r}={p:.3f}" for r, p in sorted(result["probs"].items(), key=lambda kv: -kv[1]))
+    head = "" if single else f"{prompt[:60].replace(chr(10), ' ')!r}: "
+    return f"{head}{result['route']}    ({probs})"
