@@ -203,6 +203,6 @@ def _zoo_tab(gr, app, runtime):
         if not found:
             gr.Markdown("No report plots yet: run `zoo eval` (or `make run`) to make them.")
         for path, caption in found:
-            with gr.Group(elem_classes="zoo-plot"):
-                gr.Markdown(f"**{caption}**", padding=True)
-                gr.Image(path, show_label=False, interactive=False, buttons=["download", "fullscreen"])
+            gr.Markdown(f"**{caption}**")
+            gr.Image(path, show_label=False, interactive=False, buttons=["download", "fullscreen"],
+                     elem_classes="zoo-plot")

@@ -92,26 +92,34 @@ def flipped_prompts(spec, rows: list[dict]) -> list[str]:
 
 
 def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int = 0,
-                 augment: tuple[str, ...] = ("bare", "swap")) -> tuple[list[str], list[str]]:
+                 augment: tuple[str, ...] = ("bare", "swap", "flip")) -> tuple[list[str], list[str]]:
+    """(prompts, routes): every task's sampled rows in all its templates plus `augment`, then the
+    out-of-scope training prompts as `none`. Each augmentation was kept because the dev set needed it
+    (numbers in `router.model`)."""
     rows = {s.name: load_rows(s, s.train_split, data_dir=data_dir, limit=rows_per_task, seed=seed) for s in specs}
     passages = {s.name: [str(r[s.truncate_column]) for r in rows[s.name]] for s in specs if s.truncate_column}
     prompts: list[str] = []
     labels: list[str] = []
     for spec in specs:
-        p = task_prompts(spec, rows[spec.name])
-        if "bare" in augment:
-            p += bare_prompts(spec, rows[spec.name])
-        if "flip" in augment:
-            p += flipped_prompts(spec, rows[spec.name])
-        n_swap = max([int(a[4:] or 1) for a in augment if a.startswith("swap")] or [0])
-        for k in range(n_swap):
-            others = [x for name, ps in passages.items() if name != spec.name for x in ps]
-            templates = list(spec.templates) + (flipped_templates(spec) if "flip" in augment else [])
-            p += swapped_prompts(spec, rows[spec.name][k::n_swap] if False else rows[spec.name], others, templates[k:] + templates[:k], seed + k)
+        others = [x for name, ps in passages.items() if name != spec.name for x in ps]
+        p = augmented_prompts(spec, rows[spec.name], others, augment, seed)
         prompts += p
         labels += [spec.name] * len(p)
     oos = oos_prompts("train")
     return prompts + oos, labels + [NONE] * len(oos)
+
+
+def augmented_prompts(spec, rows: list[dict], other_passages: list[str], augment: tuple[str, ...],
+                      seed: int) -> list[str]:
+    out = task_prompts(spec, rows)
+    if "bare" in augment:
+        out += bare_prompts(spec, rows)
+    if "flip" in augment:
+        out += flipped_prompts(spec, rows)
+    if "swap" in augment:
+        templates = list(spec.templates) + (flipped_templates(spec) if "flip" in augment else [])
+        out += swapped_prompts(spec, rows, other_passages, templates, seed)
+    return out
 
 
 def phrase(templates: tuple[str, ...], rows: list[dict], columns: tuple[str, ...]) -> list[str]:

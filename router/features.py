@@ -47,15 +47,13 @@ def _vectorizers(n_features: int):
 _VEC_CACHE: dict[int, tuple] = {}
 
 
-def ngram_features(texts: list[str], n_features: int, head: int, tail: int):
-    """A sparse (n, 2 * n_features) matrix: character 2-4-grams next to word 1-2-grams."""
-    import scipy.sparse as sp
-
+def ngram_blocks(texts: list[str], n_features: int, head: int, tail: int) -> list:
+    """Two sparse (n, n_features) matrices: character 2-4-grams and word 1-2-grams."""
     if n_features not in _VEC_CACHE:
         _VEC_CACHE[n_features] = _vectorizers(n_features)
     chars, words = _VEC_CACHE[n_features]
     clipped = [clip(t, head, tail) for t in texts]
-    return sp.hstack([chars.transform(clipped), words.transform(clipped)], format="csr")
+    return [chars.transform(clipped), words.transform(clipped)]
 
 
 def _content_words(text: str) -> set[str]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from router.features import EMBED_DIM, KINDS, embed_features, ngram_features, structure_features
+from router.features import EMBED_DIM, KINDS, embed_features, ngram_blocks, structure_features
 from zoo.errors import ZooError
 
 NONE = "none"
@@ -83,7 +83,7 @@ class Router(ClassifierMixin, BaseEstimator):
             embeddings = self.embed(prompts)
         if self.features == "minilm":
             return embeddings * np.float32(self.embed_weight)
-        blocks = [ngram_features(prompts, self.n_features, self.head_chars, self.tail_chars),
+        blocks = [*ngram_blocks(prompts, self.n_features, self.head_chars, self.tail_chars),
                   sp.csr_matrix(structure_features(prompts, self.embed_chars) * np.float32(self.structure_weight))]
         if self.features == "mix":
             blocks.append(sp.csr_matrix(embeddings * np.float32(self.embed_weight)))
@@ -98,7 +98,9 @@ class Router(ClassifierMixin, BaseEstimator):
         if len(set(y)) < 2:
             raise ZooError("the router needs prompts of at least two routes to learn from")
         X = self.transform(list(prompts))
-        clf = LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced", random_state=self.seed)
+        # newton-cg: 9 iterations, 7 s on the full training set where lbfgs took 24 s, same accuracy
+        clf = LogisticRegression(C=self.C, solver="newton-cg", max_iter=500, class_weight="balanced",
+                                 random_state=self.seed)
         clf.fit(X, np.asarray(y))
         self.classes_ = np.asarray(clf.classes_)
         self.n_features_in_ = X.shape[1]
@@ -109,7 +111,14 @@ class Router(ClassifierMixin, BaseEstimator):
         return self
 
     def proba_from_features(self, X) -> np.ndarray:
-        return softmax(np.asarray(X @ self.coef_.T) + self.intercept_)
+        return softmax(np.asarray(X @ self._weights()) + self.intercept_)
+
+    def _weights(self) -> np.ndarray:
+        """coef_.T, C-contiguous and cached: a strided view costs a 4 MB copy inside every sparse product."""
+        cached = getattr(self, "_coef_t", None)
+        if cached is None or cached[0] is not self.coef_:
+            self._coef_t = (self.coef_, np.ascontiguousarray(self.coef_.T))
+        return self._coef_t[1]
 
     def predict_proba(self, prompts: list[str]) -> np.ndarray:
         return self.proba_from_features(self.transform(list(prompts)))

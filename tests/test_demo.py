@@ -267,7 +267,7 @@ def test_browser_route_and_answer(server, runtime, tmp_path):
             page.get_by_role("tab", name="The zoo").click()
             expect(page.locator("#zoo-table")).to_contain_text("summarization")
             expect(page.locator(".zoo-plot img")).to_have_count(1)  # the one report plot of the zoo
-            expect(page.locator(".zoo-plot")).to_contain_text("sentiment")
+            expect(page.get_by_text("sentiment: adapter vs base")).to_be_visible()
             page.screenshot(path=tmp_path / "demo-zoo.png", full_page=True)
             assert not errors, errors
         finally:
@@ -291,6 +291,20 @@ def test_zoo_demo_without_a_zoo_says_what_to_do(tmp_path, capsys):
     Zoo(tmp_path / "empty").update(lambda d: None)
     assert main(["demo", "--zoo", str(tmp_path / "empty")]) == 2
     assert "no usable adapter" in capsys.readouterr().err
+
+
+@pytest.mark.reliability
+def test_zoo_demo_on_a_busy_port_fails_fast(demo_zoo, capsys):
+    """`zoo demo --port P` with P taken: exit 2 at once (before loading the model), saying to pick another."""
+    from zoo.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        t0 = time.perf_counter()
+        assert main(["demo", "--zoo", str(demo_zoo.root), "--port", str(busy.getsockname()[1])]) == 2
+    assert time.perf_counter() - t0 < 5
+    assert "is in use" in capsys.readouterr().err
 
 
 def test_importing_the_demo_starts_nothing():

@@ -58,3 +58,20 @@ def test_eval_writes_report_manifest_and_json(trained_zoo, data_dir, capsys):
     rc = main(["list", "--zoo", str(trained_zoo.root), "--json"])
     listing = json.loads(capsys.readouterr().out)
     assert listing["adapters"][0]["metrics"]["eval"]["adapter"] == result["adapter"]
+
+
+def test_auto_routing_end_to_end(trained_zoo, data_dir, capsys):
+    """The router sends a review to the sentiment adapter, which answers; chit-chat goes to the plain base."""
+    rc = main(["route", "--train", "--features", "ngrams", "--rows", "300", "--zoo", str(trained_zoo.root),
+               "--data-dir", str(data_dir)])
+    assert rc == 0
+    capsys.readouterr()
+    prompts = ["Is this review positive or negative? An utterly charming, funny and moving film.",
+               "hey, how is your weekend going?"]
+    for prompt, route in zip(prompts, ["sentiment", "none"]):
+        rc = main(["generate", prompt, "--json", "--max-new-tokens", "4", "--zoo", str(trained_zoo.root)])
+        assert rc == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["route"] == route and set(out["probs"]) == {"sentiment", "none"}
+        assert out["answer"].strip()
+    assert main(["generate", "", "--zoo", str(trained_zoo.root)]) == 2

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -26,10 +28,18 @@ def make_zoo(path, entries=TASK_OF) -> Zoo:
     return zoo
 
 
-@pytest.fixture
-def fitted(zoo_dir, data_dir):
-    zoo = make_zoo(zoo_dir)
+@pytest.fixture(scope="module")
+def fitted_once(tmp_path_factory, data_dir):
+    zoo = make_zoo(tmp_path_factory.mktemp("router") / "zoo")
     return zoo, fit_router(zoo, data_dir=data_dir, **FAST)
+
+
+@pytest.fixture
+def fitted(fitted_once, zoo_dir):
+    """A fresh copy of the fitted zoo per test: tests damage it on purpose."""
+    zoo, router = fitted_once
+    shutil.copytree(zoo.root, zoo_dir)
+    return Zoo(zoo_dir), copy.deepcopy(router)
 
 
 PROMPTS = [
@@ -80,14 +90,14 @@ def test_threshold_sends_unsure_prompts_to_none(fitted):
 def test_loading_refuses_a_planted_pickle(fitted, name):
     zoo, _ = fitted
     (zoo.router_dir / name).write_bytes(pickle.dumps({"coef": [1.0, 2.0]}))
-    with pytest.raises(ZooError, match="pickle"):
+    with pytest.raises(ZooError, match="is a pickle-based file"):
         load_router(zoo)
 
 
 def test_pickle_in_place_of_the_weights_is_refused(fitted):
     zoo, _ = fitted
     (zoo.router_dir / "router.safetensors").write_bytes(pickle.dumps(np.zeros(3)))
-    with pytest.raises(ZooError, match="pickle"):
+    with pytest.raises(ZooError, match="is a pickle-based file"):
         load_router(zoo)
 
 

@@ -61,7 +61,7 @@ PRESETS = {
                         router_single=500, repeats=3),
     "tiny": BenchConfig(mode="tiny", train_examples=8, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
                         mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5,
-                        router_fit=(("rows_per_task", 12), ("features", "ngrams"))),
+                        router_fit=(("rows_per_task", 12), ("features", "ngrams"), ("n_features", 2**12))),
 }
 
 

@@ -29,13 +29,30 @@ def check_zoo(zoo) -> list[str]:
     return healthy
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail in a second, before the model loads, when the address cannot be served."""
+    import errno
+    import socket
+
+    if not 0 < port < 65536:
+        raise ZooError(f"--port {port} is not a port number (1-65535)")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            s.bind((host, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ZooError(f"port {port} is in use on {host}: pick another with --port, or stop what uses it") from None
+        raise ZooError(f"cannot listen on {host}:{port} ({e.strerror or e}): check --host (127.0.0.1: this machine "
+                       "only, 0.0.0.0: every network interface)") from None
+
+
 def run(args) -> int:
     from zoo.store import Zoo
 
     zoo = Zoo(args.zoo)
     check_zoo(zoo)
-    if not 0 < args.port < 65536:
-        raise ZooError(f"--port {args.port} is not a port number (1-65535)")
+    check_port(args.host, args.port)
     from demo.app import build_app, serve
     from zoo.runtime import Runtime
 
@@ -48,6 +65,6 @@ def run(args) -> int:
           "(Ctrl+C to stop)", flush=True)
     try:
         serve(build_app(runtime), host=args.host, port=args.port, share=args.share, reports_dir=zoo.reports_dir)
-    except OSError as e:  # Gradio says "Cannot find empty port" when the port is taken
-        raise ZooError(f"cannot listen on {args.host}:{args.port} ({e}): pick another with --port") from None
+    except OSError:  # taken between the check and the launch
+        raise ZooError(f"cannot listen on {args.host}:{args.port}: pick another port with --port") from None
     return 0
