@@ -84,7 +84,8 @@ def _task_specs(names: list[str], explicit: bool) -> list:
     from tasks import all_tasks, get_task
 
     if not names:
-        raise ZooError("no tasks to route to: train an adapter first (`zoo train TASK`) or fit for named tasks")
+        raise ZooError("no tasks to route to: train an adapter first (`zoo train TASK`) "
+                       "or name the tasks (`zoo route --train --tasks sentiment qa`)")
     if explicit:
         return [get_task(n) for n in names]
     known = all_tasks()
@@ -137,9 +138,20 @@ def load_router(zoo, check_tasks: bool = True) -> Router:
         if gone:
             raise ZooError(f"the router was fit for task(s) {', '.join(gone)} that no adapter of {zoo.root} "
                            f"serves any more; {RETRAIN}")
-    router = Router(**meta["params"])
-    router.classes_, router.coef_, router.intercept_ = _read_weights(folder / WEIGHTS_FILE, meta)
+    try:
+        router = Router(**meta["params"])
+    except TypeError as e:
+        raise ZooError(f"{meta_path} has parameters this version does not know ({e}); {RETRAIN}") from None
+    router.classes_, router.coef_, router.intercept_ = _read_weights(folder / WEIGHTS_FILE, meta, router.feature_dim())
+    _warn_unknown_tasks(zoo, router)
     return router
+
+
+def _warn_unknown_tasks(zoo, router: Router) -> None:
+    """Adapters for tasks trained after the router: it still works, it just never picks them."""
+    new = sorted(zoo_routes(zoo) - {str(c) for c in router.classes_})
+    if new:
+        warnings.warn(f"the router does not know task(s) {', '.join(new)} yet; {RETRAIN}", stacklevel=3)
 
 
 def refuse_pickles(folder) -> None:
@@ -169,7 +181,7 @@ def _read_meta(path) -> dict:
     return meta
 
 
-def _read_weights(path, meta: dict):
+def _read_weights(path, meta: dict, dim: int):
     import numpy as np
     from safetensors.numpy import load
 
@@ -182,6 +194,6 @@ def _read_weights(path, meta: dict):
     arrays = load(blob)
     coef, intercept = arrays.get("coef"), arrays.get("intercept")
     classes = np.asarray(meta["classes"])
-    if coef is None or intercept is None or coef.shape[0] != len(classes) or intercept.shape != (len(classes),):
+    if coef is None or intercept is None or coef.shape != (len(classes), dim) or intercept.shape != (len(classes),):
         raise ZooError(f"{path} has weights that do not fit the router's {len(classes)} routes; {RETRAIN}")
     return classes, coef, intercept

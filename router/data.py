@@ -15,7 +15,9 @@ from router.oos import oos_prompts
 from zoo.data import data_dir_from_env, load_rows, read_jsonl
 from zoo.errors import ZooError
 
-# Phrasings for the report only; none of them is (or may become) one of the tasks' templates.
+# Phrasings for the report only; none of them is (or may become) one of the tasks' templates (a test checks).
+# "{context} {question}" is the raw input with its question: training sees the bare inputs joined by a blank
+# line (`bare_prompts`), so that one phrasing differs from training only by the separator.
 HELD_OUT: dict[str, tuple[str, ...]] = {
     "sentiment": (
         "what did you think of this: {sentence}",

@@ -3,6 +3,7 @@
 Each category is a list of frames (with one `{x}` slot) and a list of fillers. A prompt is frame x filler.
 Every 4th frame and every 4th filler are held out: training uses only (train frame, train filler) pairs, the
 evaluation set every other pair, so no evaluation prompt was ever seen and each has an unseen frame or filler.
+Random character strings (`noise`) come from different seeds for training and evaluation.
 """
 
 from __future__ import annotations
@@ -113,7 +114,19 @@ CATEGORIES: dict[str, tuple[list[str], list[str]]] = {
         ["a weekend in Paris", "a birthday party", "a camping trip", "my study week", "a wedding",
          "a road trip across Spain", "a team offsite", "a picnic in the park", "a move to a new apartment",
          "a week in Tokyo", "a marathon training month", "a family reunion"]),
+    "fragments": (  # too little to act on: the base answers, no adapter should guess
+        ["{x}", "{x}?", "{x}!", "{x}...", "um, {x}", "{x} :)", "{x}!!", "well {x}"],
+        ["ok", "hmm", "thanks", "lol", "yes", "no", "test", "hello", "sure", "bye", "cool", "what"]),
 }
+NOISE_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?#@$%&*()[]{}<>/\\|_-+=~'\"\ufffd\x00"
+
+
+def noise(n: int, seed: int) -> list[str]:
+    """Random character strings (binary garbage on stdin decodes to such text): never an adapter's job."""
+    import random
+
+    rng = random.Random(seed)
+    return ["".join(rng.choice(NOISE_ALPHABET) for _ in range(rng.randint(3, 40))) for _ in range(n)]
 
 
 def _held_out(i: int) -> bool:
@@ -130,4 +143,5 @@ def oos_prompts(split: str = "train") -> list[str]:
             seen = not _held_out(fi) and not _held_out(xi)
             if seen == (split == "train"):
                 out.append(frame.format(x=filler))
+    out += noise(120, seed=0) if split == "train" else [t for t in noise(30, seed=1) if t not in set(noise(120, 0))]
     return list(dict.fromkeys(out))

@@ -102,7 +102,8 @@ def measure_latency(router, prompts: list[str]) -> dict:
         torch.set_num_threads(threads)
         if affinity is not None:
             os.sched_setaffinity(0, affinity)
-    return {"prompts": len(prompts), "cores": 1, "classifier_ms": _pcts(clf_ms),
+    return {"prompts": len(prompts), "cores": 1, "load_average": round(os.getloadavg()[0], 2),
+            "classifier_ms": _pcts(clf_ms),
             "embedding_ms": _pcts(embed_ms) if router.features != "ngrams" else None}
 
 
@@ -148,10 +149,11 @@ def plot_confusion(path, confusion: dict) -> None:
 
     routes, m = confusion["routes"], np.asarray(confusion["matrix"])
     fig, ax = plt.subplots(figsize=(1.3 * len(routes) + 2, 1.1 * len(routes) + 1.5))
-    ax.imshow(m / np.maximum(m.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(routes)):
         for j in range(len(routes)):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="black")
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(routes)), routes, rotation=30, ha="right")
     ax.set_yticks(range(len(routes)), routes)
     ax.set_xlabel("routed to")
@@ -184,7 +186,8 @@ def markdown(result: dict) -> str:
     lines += [f"| {k} | {v['n']} | {v['accuracy']:.1%} | {'yes' if v['scored'] else 'no'} |" for k, v in result["sets"].items()]
     emb = lat["embedding_ms"]
     lines += ["", "## Latency per prompt", "",
-              f"{lat['prompts']} prompts routed one at a time, pinned to one CPU core.", "",
+              f"{lat['prompts']} prompts routed one at a time, pinned to one CPU core "
+              f"(machine load average {lat['load_average']} while measuring: other work inflates these times).", "",
               "| part | p50 ms | p99 ms |", "|---|---|---|",
               f"| classifier (n-gram features + linear layer + softmax) | {lat['classifier_ms']['p50']:.3f} | {lat['classifier_ms']['p99']:.3f} |"]
     if emb:

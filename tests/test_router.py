@@ -132,6 +132,9 @@ def test_fit_for_explicit_tasks_in_an_empty_zoo(zoo_dir, data_dir):
     router = fit_router(zoo, data_dir=data_dir, tasks=["sentiment", "qa"], **FAST)
     assert list(load_router(zoo).classes_) == [NONE, "qa", "sentiment"] == list(router.classes_)
     assert route_to_adapter(zoo, "qa") is None  # known route, no adapter serving it
+    make_zoo(zoo.root, {"dsum": "summarization"})  # an adapter trained after the router: still loads, warns
+    with pytest.warns(UserWarning, match="summarization.*zoo route --train"):
+        load_router(zoo)
 
 
 def test_route_to_adapter_prefers_route_as_then_trained(zoo_dir):
@@ -147,6 +150,15 @@ def test_out_of_scope_sets_are_large_and_disjoint():
     train, held_out = oos_prompts("train"), oos_prompts("eval")
     assert len(train) >= 300 and len(held_out) >= 300
     assert not set(train) & set(held_out)
+
+
+def test_held_out_phrasings_are_not_training_templates():
+    from router.data import HELD_OUT, flipped_templates
+    from tasks import get_task
+
+    for task, phrasings in HELD_OUT.items():
+        spec = get_task(task)
+        assert not set(phrasings) & (set(spec.templates) | set(flipped_templates(spec)))
 
 
 def test_mix_features_round_trip(zoo_dir):

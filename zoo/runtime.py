@@ -101,13 +101,14 @@ class Runtime:
         return self._router
 
     def route(self, prompts: list[str]) -> list[dict]:
-        """Route each prompt to an adapter of this zoo (or `none`), with the router's probabilities."""
-        from router import route_to_adapter
+        """Route each prompt to a healthy adapter of this zoo (or `none`), with the router's probabilities."""
+        from router import adapter_map
 
+        mapping, healthy = adapter_map(self.zoo), set(self.available())
         out = []
         for r in self.router.route(prompts):
-            adapter = route_to_adapter(self.zoo, r["route"]) if r["route"] != NONE else None
-            out.append({**r, "adapter": adapter or NONE})
+            adapter = mapping.get(r["route"]) if r["route"] != NONE else None
+            out.append({**r, "adapter": adapter if adapter in healthy else NONE})  # broken adapters: the base
         return out
 
     # generation ----------------------------------------------------------------------
