@@ -149,30 +149,62 @@ def bench_spec(task: str, examples: int):
     return get_task(task).with_overrides(train={"max_examples": examples})
 
 
-def _train_result(task, recipe, seconds, examples, tokens, load_s, lora, device, final_loss) -> dict:
+def step_timer():
+    """A Trainer callback that stamps the start, every optimizer step and the end of training."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.marks: list[float] = []
+
+        def on_train_begin(self, *args, **kwargs):
+            self.marks = [time.perf_counter()]
+
+        def on_step_end(self, *args, **kwargs):
+            self.marks.append(time.perf_counter())
+
+        def on_train_end(self, *args, **kwargs):
+            self.marks.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def _train_result(task, recipe, seconds, examples, tokens, load_s, lora, device, final_loss, marks) -> dict:
+    """Throughput over the whole `trainer.train()` (what a user waits for), plus the step times: the first
+    step carries one-off warm-up, and after the last comes saving (ours checkpoints, the reference does not)."""
     seconds = max(seconds, 1e-3)
+    steps = [round(b - a, 2) for a, b in zip(marks, marks[1:-1])]
+    per_step = examples / max(1, len(steps))
+    steady = per_step * (len(steps) - 1) / max(sum(steps[1:]), 1e-3) if len(steps) > 1 else None
     return {"task": task, "recipe": recipe, "examples": examples, "tokens": tokens,
             "train_seconds": round(seconds, 2), "load_seconds": round(load_s, 2),
             "examples_per_s": round(examples / seconds, 3), "tokens_per_s": round(tokens / seconds, 1),
+            "step_seconds": steps, "after_last_step_seconds": round(marks[-1] - marks[-2], 2) if steps else None,
+            "steady_examples_per_s": round(steady, 3) if steady else None,
             "peak_rss_mb": round(rss_bytes("VmHWM") / MB, 1), "gpu": gpu_memory(device), "lora": lora,
             "final_loss": final_loss}
 
 
 def worker_train_ours(job: dict) -> dict:
+    import zoo.train
     from zoo.base import load_base
     from zoo.store import Zoo
-    from zoo.train import train_adapter
 
     spec = bench_spec(job["task"], job["examples"])
     t0 = time.perf_counter()
     loaded = load_base(job["base"], quant=True, device=job["device"])
     load_s = time.perf_counter() - t0
-    entry = train_adapter(Zoo(job["zoo"]), spec, loaded, name=job["name"], data_dir=job["data_dir"])
+    timer, make_trainer = step_timer(), zoo.train.make_trainer
+    zoo.train.make_trainer = lambda *a, **k: make_trainer(*a, **k, callbacks=[timer])  # time steps, change nothing
+    try:
+        entry = zoo.train.train_adapter(Zoo(job["zoo"]), spec, loaded, name=job["name"], data_dir=job["data_dir"])
+    finally:
+        zoo.train.make_trainer = make_trainer
     lora = {**asdict(spec.lora), "target_modules": spec.lora.module_names(),
             "layers": spec.lora.layers or "all", "gradient_checkpointing": spec.train.gradient_checkpointing,
             "loss_on": "answer tokens", "batching": "packed"}
     return _train_result(job["task"], "ours", entry["throughput"]["seconds"], entry["data"]["examples"],
-                         entry["data"]["tokens"], load_s, lora, loaded.device, entry.get("final_loss"))
+                         entry["data"]["tokens"], load_s, lora, loaded.device, entry.get("final_loss"), timer.marks)
 
 
 def worker_train_reference(job: dict) -> dict:
@@ -187,7 +219,8 @@ def worker_train_reference(job: dict) -> dict:
     zoo, ref = Zoo(job["zoo"]), resolve_base(job["base"])
     out = Path(tempfile.mkdtemp(prefix="zoo-bench-ref-"))
     try:
-        r = train_reference(spec, ref.path, rows, out, job["device"])
+        timer = step_timer()
+        r = train_reference(spec, ref.path, rows, out, job["device"], callbacks=[timer])
         with zoo.lock():
             replace_dir(out / "adapter", zoo.adapter_dir(job["name"]))
     finally:
@@ -196,12 +229,26 @@ def worker_train_reference(job: dict) -> dict:
                           "base": {"id": ref.id, "hash": ref.hash, "quantized": True}, "lora": r["lora"],
                           "path": f"adapters/{job['name']}", "metrics": {}})
     return _train_result(job["task"], "reference", r["seconds"], r["examples"], r["tokens"], r["load_seconds"],
-                         r["lora"], job["device"], r["final_loss"])
+                         r["lora"], job["device"], r["final_loss"], timer.marks)
 
 
 # memory (workers) ----------------------------------------------------------------------------
+BARE_IMPORTS = "torch, transformers, bitsandbytes"  # the libraries either base needs, loaded before measuring
+
+
+def touch(model) -> None:
+    """One short forward pass and a read of every weight: lazily mapped weights count once they are used."""
+    import torch
+
+    with torch.inference_mode():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.sum()
+        model(input_ids=torch.tensor([[1, 2, 3, 4]], device=model.device), use_cache=False)
+
+
 def worker_base_rss(job: dict) -> dict:
-    """RSS of a bare `import torch, transformers`, then after loading the base (NF4 or full precision)."""
+    """RSS after a bare import of the libraries, then after loading the base (NF4 or fp32) and using it."""
+    import bitsandbytes  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
@@ -214,7 +261,8 @@ def worker_base_rss(job: dict) -> dict:
         loaded = load_base(job["base"], quant=job["quant"], device=job["device"])
     finally:
         os.environ.pop("ZOO_DTYPE") if old is None else os.environ.__setitem__("ZOO_DTYPE", old)
-    return {"bare_mb": round(bare / MB, 1), "loaded_mb": round(rss_bytes() / MB, 1),
+    touch(loaded.model)
+    return {"bare_imports": BARE_IMPORTS, "bare_mb": round(bare / MB, 1), "loaded_mb": round(rss_bytes() / MB, 1),
             "base_mb": round((rss_bytes() - bare) / MB, 1), "quantized": loaded.quantized,
             "dtype": str(loaded.compute_dtype).replace("torch.", ""), "gpu": gpu_memory(loaded.device)}
 
@@ -227,7 +275,8 @@ def adapter_param_bytes(model, name: str) -> dict:
 
 
 def worker_runtime_rss(job: dict) -> dict:
-    """RSS of one runtime as adapters are added: bare imports, base loaded, then 1, 3, ... adapters."""
+    """RSS of one runtime as adapters are added: bare imports, base loaded and used, then 1, 3, ... adapters."""
+    import bitsandbytes  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
 
@@ -237,6 +286,7 @@ def worker_runtime_rss(job: dict) -> dict:
 
     zoo = Zoo(job["zoo"])
     rt = Runtime(zoo, base=job["base"], device=job["device"])
+    touch(rt.loaded.model)
     rt.release_memory()
     steps = {"base": round(rss_bytes() / MB, 1)}
     names = job["names"]

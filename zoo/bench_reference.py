@@ -75,7 +75,8 @@ def make_trainer(model, tokenizer, examples: list[dict], train, out_dir: Path, d
     return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
 
 
-def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path, device: str) -> dict:
+def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path, device: str,
+                    callbacks=()) -> dict:
     """Train one adapter the textbook way; save it (PEFT format) in `out_dir`. Returns timing and config."""
     from transformers import set_seed
 
@@ -85,6 +86,8 @@ def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path
     load_s = time.perf_counter() - t0
     examples = format_examples(spec, tokenizer, rows, spec.train.max_seq_len, spec.train.seed)
     trainer = make_trainer(model, tokenizer, examples, spec.train, out_dir / "run", device, dtype)
+    for callback in callbacks:  # the bench's step timer
+        trainer.add_callback(callback)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0

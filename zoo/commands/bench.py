@@ -26,6 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--only", default=None, help="comma list of sections: train,inference,memory,router")
+    p.add_argument("--tasks", default=None, help="comma list of tasks to train (default: sentiment,qa)")
     p.add_argument("--train-examples", type=int, default=None, help="examples per recipe per task")
     p.add_argument("--eval-n", type=int, default=None, help="validation rows scored per trained adapter")
 
@@ -35,8 +36,8 @@ def run(args) -> int:
     from zoo.store import Zoo
 
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
-    cfg = config_for(mode, base=args.base, data_dir=args.data_dir, device=args.device, sections=sections,
+    sections, tasks = _names(args.only), _names(args.tasks)
+    cfg = config_for(mode, base=args.base, data_dir=args.data_dir, device=args.device, sections=sections, tasks=tasks,
                      train_examples=args.train_examples, eval_n=args.eval_n,
                      isolate=False if args.in_process else None)
     with contextlib.redirect_stdout(sys.stderr):  # trainer logs and progress must not mix into --json
@@ -50,6 +51,10 @@ def run(args) -> int:
     for name, error in result.get("errors", {}).items():
         print(f"zoo bench: section {name} failed: {error}", file=sys.stderr)
     return 1 if result.get("errors") else 0
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
 def save(result: dict, out: str | None) -> Path:
