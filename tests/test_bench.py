@@ -32,6 +32,7 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
         assert r["train_speedup"][task] == pytest.approx(ours["examples_per_s"] / ref["examples_per_s"], rel=0.02)
         for x in (ours, ref):
             assert x["examples"] == 8 and x["examples_per_s"] > 0 and x["tokens_per_s"] > 0
+            assert len(x["step_seconds"]) == 1 and sum(x["step_seconds"]) <= x["train_seconds"] + 0.05
             assert x["peak_rss_mb"] > 100
             assert x["metric"]["n"] == 2 and 0 <= x["metric"]["value"] <= 100
         assert abs(ours["tokens"] - ref["tokens"]) <= 8  # same prompts; the template adds one "\n" per example
@@ -40,7 +41,10 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
         assert ours["lora"]["loss_on"] == "answer tokens"
     assert r["batched_eval_speedup"] > 0 and r["mixed_batch_ratio"] > 0
     inf = r["inference"]
-    assert len(inf["mixed_adapters"]["adapters"]) == 3 and inf["first_token_ms"]["median"] > 0
+    assert len(inf["mixed"]["mixed_adapters"]["adapters"]) == 3 and inf["first_token_ms"]["median"] > 0
+    for key in ("eval_style", "long_answers"):
+        assert inf[key]["batched"]["prompts"] == inf[key]["one_at_a_time"]["prompts"] == 2
+        assert inf[key]["one_at_a_time"]["batch_size"] == 1
     assert r["adapters"]["trained_here"] == ["ours-qa", "ours-sentiment", "reference-qa", "reference-sentiment"]
     assert len(r["adapters"]["random"]) == 6 and r["adapters"]["from_zoo"] == []
     mem = r["memory"]
@@ -73,9 +77,11 @@ def test_tiny_bench_table_has_a_verdict_per_bar(tiny_argv, capsys, tmp_path):
     assert len(list(tmp_path.glob("results-*-tiny.json"))) == 1
 
 
-def test_unknown_section_is_a_usage_error(tiny_base_dir, capsys):
+def test_unknown_section_or_task_is_a_usage_error(tiny_base_dir, capsys):
     assert main(["bench", "--tiny", "--only", "speed", "--base", str(tiny_base_dir)]) == 2
     assert "unknown bench section" in capsys.readouterr().err
+    assert main(["bench", "--tiny", "--tasks", "sentiment,poetry", "--base", str(tiny_base_dir)]) == 2
+    assert "poetry" in capsys.readouterr().err
 
 
 def _result(**kw):

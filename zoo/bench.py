@@ -171,8 +171,9 @@ def step_timer():
 
 def _train_result(task, recipe, seconds, examples, tokens, load_s, lora, device, final_loss, marks) -> dict:
     """Throughput over the whole `trainer.train()` (what a user waits for), plus the step times: the first
-    step carries one-off warm-up, and after the last comes saving (ours checkpoints, the reference does not)."""
-    seconds = max(seconds, 1e-3)
+    step carries one-off warm-up, and after the last comes saving (ours checkpoints, the reference does not).
+    Both recipes are timed by the same callback, from `on_train_begin` to `on_train_end`."""
+    seconds = max(marks[-1] - marks[0] if len(marks) > 1 else seconds, 1e-3)
     steps = [round(b - a, 2) for a, b in zip(marks, marks[1:-1])]
     per_step = examples / max(1, len(steps))
     steady = per_step * (len(steps) - 1) / max(sum(steps[1:]), 1e-3) if len(steps) > 1 else None
@@ -327,8 +328,10 @@ def copy_zoo_adapters(src, dst, ref, limit: int) -> list[str]:
             check_same_base(entry, ref)
         except ZooError:
             continue
-        if len(names) >= limit or name in dst.entries():
+        if len(names) >= limit:
             break
+        if name in dst.entries():  # a name the bench trained itself
+            continue
         shutil.copytree(src.adapter_dir(name), dst.adapter_dir(name))
         dst.put(name, entry)
         names.append(name)
@@ -424,37 +427,47 @@ def task_ids(runtime, task: str, n: int, data_dir) -> list[list[int]]:
     return prompt_ids(runtime, spec, eval_rows(spec, n, data_dir))
 
 
+def batching(runtime, ids, adapter: str, new_tokens: int, cfg: BenchConfig) -> dict:
+    """The same prompts in batches of `gen_batch` and one at a time; greedy, so the answers should agree."""
+    runtime.generate_ids(ids[:2], adapter, 2, 2)  # warm-up: adapter loaded, kernels ready
+    batched = timed_generation(runtime, ids, adapter, new_tokens, cfg.gen_batch, cfg.repeats)
+    single = timed_generation(runtime, ids, adapter, new_tokens, 1, cfg.repeats)
+    same = sum(a == b for a, b in zip(batched.pop("outputs"), single.pop("outputs")))
+    return {"adapter": adapter, "max_new_tokens": new_tokens, "batched": batched, "one_at_a_time": single,
+            "same_answers": f"{same}/{len(ids)}",
+            "speedup": round(batched["tokens_per_s"] / single["tokens_per_s"], 2)}
+
+
+def mixing(runtime, ids, trio: list[str], cfg: BenchConfig) -> dict:
+    """One batch whose prompts go to three adapters vs the same batch all on the first: what mixing costs."""
+    names = [trio[i % len(trio)] for i in range(len(ids))]
+    runtime.generate_ids(ids[:3], names[:3], 2, 3)
+    one = timed_generation(runtime, ids, trio[0], cfg.mixed_new_tokens, cfg.gen_batch, cfg.repeats)
+    mixed = timed_generation(runtime, ids, names, cfg.mixed_new_tokens, cfg.gen_batch, cfg.repeats)
+    one.pop("outputs"), mixed.pop("outputs")
+    return {"single_adapter": {**one, "adapters": trio[:1]}, "mixed_adapters": {**mixed, "adapters": trio},
+            "max_new_tokens": cfg.mixed_new_tokens,
+            # same prompts, same token budget: the time ratio is what mixing costs
+            "ratio": round(mixed["examples_per_s"] / one["examples_per_s"], 3)}
+
+
 def bench_inference(runtime, cfg: BenchConfig, adapters: list[str], qa_adapter: str) -> dict:
-    """Batched vs one-at-a-time generation; one mixed-adapter batch vs the same batch on one adapter."""
+    """Eval-style batching (qa prompts, the task's answer budget), batching with long answers (dialogues,
+    summaries of `mixed_new_tokens`), mixed-adapter batches and first-token latency."""
     from tasks import get_task
 
-    new = cfg.gen_new_tokens or get_task("qa").max_new_tokens
     ids = task_ids(runtime, "qa", cfg.gen_prompts, cfg.data_dir)
-    runtime.generate_ids(ids[:2], qa_adapter, 2, 2)  # warm-up: adapter loaded, kernels ready
     progress(f"generation: {len(ids)} qa prompts, batch {cfg.gen_batch} vs 1...")
-    batched = timed_generation(runtime, ids, qa_adapter, new, cfg.gen_batch, cfg.repeats)
-    single = timed_generation(runtime, ids, qa_adapter, new, 1, cfg.repeats)
-    same = sum(a == b for a, b in zip(batched.pop("outputs"), single.pop("outputs")))
-    trio = adapters[:3]
-    mixed_ids = task_ids(runtime, "summarization", cfg.mixed_prompts, cfg.data_dir)
-    names = [trio[i % len(trio)] for i in range(len(mixed_ids))]
-    runtime.generate_ids(mixed_ids[:3], names[:3], 2, 3)
-    progress(f"mixed batch: {len(mixed_ids)} prompts over {trio} vs all on {trio[0]}...")
-    one = timed_generation(runtime, mixed_ids, trio[0], cfg.mixed_new_tokens, cfg.gen_batch, cfg.repeats)
-    mixed = timed_generation(runtime, mixed_ids, names, cfg.mixed_new_tokens, cfg.gen_batch, cfg.repeats)
-    one.pop("outputs"), mixed.pop("outputs")
-    return {
-        "eval_batched": {**batched, "adapter": qa_adapter, "max_new_tokens": new},
-        "eval_one_at_a_time": {**single, "adapter": qa_adapter, "max_new_tokens": new},
-        "same_answers": f"{same}/{len(ids)}",
-        "batched_eval_speedup": round(batched["tokens_per_s"] / single["tokens_per_s"], 2),
-        "single_adapter": {**one, "adapters": trio[:1], "max_new_tokens": cfg.mixed_new_tokens},
-        "mixed_adapters": {**mixed, "adapters": trio, "max_new_tokens": cfg.mixed_new_tokens},
-        # same prompts, same token budget: the time ratio is what mixing costs
-        "mixed_batch_ratio": round(mixed["examples_per_s"] / one["examples_per_s"], 3),
-        "first_token_ms": first_token_ms(runtime, trio[0], cfg.latency_reps),
-        "gpu": gpu_memory(runtime.loaded.device),
-    }
+    eval_style = batching(runtime, ids, qa_adapter, cfg.gen_new_tokens or get_task("qa").max_new_tokens, cfg)
+    dialogues = task_ids(runtime, "summarization", cfg.mixed_prompts, cfg.data_dir)
+    progress(f"generation: {cfg.gen_batch} dialogues, {cfg.mixed_new_tokens} new tokens, batch {cfg.gen_batch} vs 1...")
+    long = batching(runtime, dialogues[:cfg.gen_batch], adapters[0], cfg.mixed_new_tokens, cfg)
+    progress(f"mixed batch: {len(dialogues)} dialogues over {adapters[:3]} vs all on {adapters[0]}...")
+    mixed = mixing(runtime, dialogues, adapters[:3], cfg)
+    return {"eval_style": eval_style, "long_answers": long, "mixed": mixed,
+            "batched_eval_speedup": eval_style["speedup"], "mixed_batch_ratio": mixed["ratio"],
+            "first_token_ms": first_token_ms(runtime, adapters[0], cfg.latency_reps),
+            "gpu": gpu_memory(runtime.loaded.device)}
 
 
 def first_token_ms(runtime, adapter: str, reps: int) -> dict:
@@ -541,7 +554,7 @@ def prepare_adapters(work, user_zoo, loaded, total: int) -> dict:
     """Adapters for the inference and memory sections: the user's, then those trained here, then random."""
     trained = sorted(work.entries(), key=lambda n: (not n.startswith("ours-"), n))
     from_zoo = copy_zoo_adapters(user_zoo, work, loaded.ref, max(0, total - len(trained)))
-    random_ = make_random_adapters(work, loaded, total - len(trained) - len(from_zoo))
+    random_ = make_random_adapters(work, loaded, max(0, total - len(trained) - len(from_zoo)))
     return {"from_zoo": from_zoo, "trained_here": trained, "random": random_,
             "order": from_zoo + trained + random_}
 
@@ -567,9 +580,13 @@ def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
     from zoo.runtime import Runtime
     from zoo.store import Zoo
 
+    from tasks import get_task
+
     unknown = set(cfg.sections) - set(SECTIONS)
     if unknown:
         raise ZooError(f"unknown bench section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    for task in cfg.tasks:
+        get_task(task)  # an unknown task fails now, not after an hour
     start, device, want = time.perf_counter(), cfg.device or pick_device(), set(cfg.sections)
     result: dict = {"mode": cfg.mode, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "machine": machine_info(device), "config": asdict(cfg), "section_seconds": {}}
@@ -579,7 +596,8 @@ def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
             result["train"] = {}
             with section(result, "train"):
                 bench_training(cfg, work.root, device, result["train"])
-        adapters = prepare_adapters(work, user_zoo, load_base(cfg.base, device=device), cfg.adapters_total)
+        total = cfg.adapters_total if want & {"inference", "memory"} else 0  # scoring needs only the trained
+        adapters = prepare_adapters(work, user_zoo, load_base(cfg.base, device=device), total)
         result["adapters"] = {k: v for k, v in adapters.items() if k != "order"}
         runtime = Runtime(work, base=cfg.base, device=device)
         try:

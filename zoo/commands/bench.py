@@ -94,9 +94,10 @@ def _train_lines(train: dict) -> list[str]:
             metric = x.get("metric", {})
             gpu = f" (GPU peak {x['gpu']['peak_mb']} MB)" if x.get("gpu") else ""
             lora = x["lora"]
+            score = f"{metric.get('name', '?')}={metric.get('value', float('nan')):.3g}"
             out.append(f"  {task:<13} {recipe:<11} {x['examples_per_s']:>10.2f} {x['tokens_per_s']:>9.1f} "
-                       f"{x['peak_rss_mb']:>12.0f}  {metric.get('name', '?')}={metric.get('value', float('nan')):.3g}"
-                       f"{'':<6} r={lora['r']} layers={lora['layers']} {lora['loss_on']}, {lora['batching']}{gpu}")
+                       f"{x['peak_rss_mb']:>12.0f}  {score:<16} r={lora['r']} layers={lora['layers']} "
+                       f"{lora['loss_on']}, {lora['batching']}{gpu}")
         out.append(f"  {task:<13} speedup {t['speedup']}x examples/s")
     return out + [""]
 
@@ -104,16 +105,19 @@ def _train_lines(train: dict) -> list[str]:
 def _inference_lines(inf: dict | None) -> list[str]:
     if not inf:
         return []
-    b, s, one, mix = inf["eval_batched"], inf["eval_one_at_a_time"], inf["single_adapter"], inf["mixed_adapters"]
-    return [
-        "inference",
-        f"  eval-style batch {b['batch_size']}: {b['tokens_per_s']} tok/s, {b['examples_per_s']} ex/s; one at a time:"
-        f" {s['tokens_per_s']} tok/s, {s['examples_per_s']} ex/s -> {inf['batched_eval_speedup']}x"
-        f" (same answers {inf['same_answers']})",
-        f"  one adapter: {one['examples_per_s']} ex/s, {one['tokens_per_s']} tok/s; mixed over {len(mix['adapters'])}"
-        f" adapters: {mix['examples_per_s']} ex/s, {mix['tokens_per_s']} tok/s -> {inf['mixed_batch_ratio']}x",
-        f"  first token (short prompt): median {inf['first_token_ms']['median']} ms", "",
-    ]
+    lines = ["inference"]
+    for key, what in (("eval_style", "eval-style (qa)"), ("long_answers", "long answers (dialogues)")):
+        x = inf[key]
+        b, s = x["batched"], x["one_at_a_time"]
+        lines.append(f"  {what}, batch {b['batch_size']}: {b['tokens_per_s']} tok/s, {b['examples_per_s']} ex/s; "
+                     f"one at a time: {s['tokens_per_s']} tok/s, {s['examples_per_s']} ex/s -> {x['speedup']}x "
+                     f"(same answers {x['same_answers']})")
+    one, mix = inf["mixed"]["single_adapter"], inf["mixed"]["mixed_adapters"]
+    lines += [f"  one adapter: {one['examples_per_s']} ex/s, {one['tokens_per_s']} tok/s; mixed over "
+              f"{len(mix['adapters'])} adapters: {mix['examples_per_s']} ex/s, {mix['tokens_per_s']} tok/s -> "
+              f"{inf['mixed_batch_ratio']}x",
+              f"  first token (short prompt): median {inf['first_token_ms']['median']} ms", ""]
+    return lines
 
 
 def _memory_lines(mem: dict | None) -> list[str]:
