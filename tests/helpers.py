@@ -7,18 +7,19 @@ from zoo.base import resolve_base
 from zoo.store import Zoo
 
 
-def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int) -> None:
-    """A random (non-zero) LoRA adapter registered in the zoo, as if trained."""
+def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int, **lora) -> None:
+    """A random LoRA adapter (init_lora_weights=False, B scaled up so it matters) registered as if trained."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(model, cfg)
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **lora}
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **settings))
     for n, p in peft_model.named_parameters():
         if "lora_B" in n:
             p.data.normal_(0, 0.5)
     peft_model.save_pretrained(zoo.adapter_dir(name))
     ref = resolve_base(str(base_dir))
     zoo.put(name, {"name": name, "task": task, "kind": "trained",
-                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False}})
+                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False},
+                   "lora": {"r": settings["r"], "alpha": settings["lora_alpha"]}})

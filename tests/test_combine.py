@@ -6,30 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoo.base import resolve_base
 from zoo.cli import main
 from zoo.combine import METHODS, Blend, blend_row, search, write_combination_report
 from zoo.errors import ZooError
 from zoo.store import Zoo
-
-
-def add_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int, **lora) -> None:
-    """A random LoRA adapter (init_lora_weights=False, B scaled up so it matters) registered as if trained."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], **lora}
-    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **settings))
-    for n, p in peft_model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.5)
-    peft_model.save_pretrained(zoo.adapter_dir(name))
-    ref = resolve_base(str(base_dir))
-    zoo.put(name, {"name": name, "task": task, "kind": "trained",
-                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False},
-                   "lora": {"r": settings["r"], "alpha": settings["lora_alpha"]}})
+from tests.helpers import make_adapter as add_adapter  # tests/test_merge.py imports it from here
 
 
 def deltas(folder) -> dict[str, torch.Tensor]:
