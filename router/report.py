@@ -11,6 +11,7 @@ import numpy as np
 
 from router.model import NONE
 from zoo.fsutil import atomic_write_json, atomic_write_text
+from zoo.reports import save_figure
 
 BAR_ACCURACY = 0.97
 BAR_OOS = 0.90
@@ -159,11 +160,7 @@ def plot_confusion(path, confusion: dict) -> None:
     ax.set_xlabel("routed to")
     ax.set_ylabel("should go to")
     ax.set_title("Router on held-out prompts")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def markdown(result: dict) -> str:

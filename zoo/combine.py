@@ -463,6 +463,6 @@ def plot_fractions(path: Path, results: list[dict]) -> None:
         ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="fraction of own adapter's score")
     ax.set_title("Blends: score per task / single-task adapter score")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from zoo.reports import save_figure
+
+    save_figure(fig, path, dpi=100)

@@ -78,9 +78,16 @@ def plot_task(path: Path, result: dict, loss_log: list[dict] | None) -> None:
         ax2.set_xlabel("step")
         ax2.set_ylabel("training loss (answer tokens)")
         ax2.set_title("training loss")
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Write a PNG atomically (a reader never sees half a plot) and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
 
