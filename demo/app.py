@@ -63,8 +63,10 @@ def theme(gr):
                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
 
 
-def _fail(gr, e: ZooError):
-    return gr.Error(str(e), print_exception=False)
+def _fail(gr, e: ZooError, limit: int = 300):
+    """The error as one short message on the page (a 1 MB prompt must not come back in it)."""
+    text = str(e)
+    return gr.Error(text if len(text) <= limit else text[:limit] + "...", print_exception=False)
 
 
 def _answer_pair(gr, label: str, prefix: str):
@@ -127,8 +129,10 @@ def _manual_tab(gr, runtime):
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Your request", lines=7, max_lines=24, elem_id="manual-prompt")
         with gr.Column(scale=2):
+            # custom values reach the handler, which answers a wrong name with a short message (Gradio's own
+            # check would echo the whole value back, 1 MB included)
             adapter = gr.Dropdown(adapters, value=adapters[0] if adapters else None, label="Adapter",
-                                  elem_id="manual-adapter")
+                                  elem_id="manual-adapter", allow_custom_value=True)
             tokens = _tokens_slider(gr)
             go = gr.Button("Answer", variant="primary", elem_id="manual-go")
     gr.Examples([[p] for _, p, _ in EXAMPLES], inputs=[prompt], example_labels=[lbl for lbl, _, _ in EXAMPLES])
@@ -158,7 +162,8 @@ def _blend_tab(gr, runtime):
         with gr.Column(scale=2):
             sliders = [gr.Slider(-1, 2, value=1.0, step=0.05, label=f"weight of {n}", elem_id=f"blend-w-{n}")
                        for n in names]
-            method = gr.Dropdown(list(METHODS), value="cat", label="Method", elem_id="blend-method")
+            method = gr.Dropdown(list(METHODS), value="cat", label="Method", elem_id="blend-method",
+                                 allow_custom_value=True)  # checked by the handler, like the adapter name
             about = gr.Markdown(f"*cat*: {METHODS['cat']}", elem_classes="timing")
             density = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Density",
                                 info="share of each adapter's weights kept by " + ", ".join(DENSITY_METHODS))

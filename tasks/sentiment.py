@@ -22,7 +22,7 @@ SPEC = register(TaskSpec(
     ),
     max_new_tokens=3,
     lora=LoraSettings(r=16, alpha=32),
-    train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=400),
+    train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=800),
     ood={"dataset": "uci_sentiment", "split": "test"},
     license="unknown (SST, Socher et al. 2013)",
 ))

@@ -64,6 +64,7 @@ def test_merge_round_trip_loads_without_peft(zoo, tiny_base_dir, tmp_path, capsy
     record = json.loads((out / "zoo_merge.json").read_text())
     assert record["adapter"] == "sent" and record["base"]["hash"] == zoo.get("sent")["base"]["hash"]
     assert record["checks"]["max_diff"] < 1e-4 and record["checks"]["saved_diff"] == 0.0
+    assert record["checks"]["greedy_same"] == "3/3"
     assert not list(tmp_path.glob(".merged.staging-*"))
 
 

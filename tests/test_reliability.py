@@ -186,17 +186,25 @@ BAD_VALUES = {"empty": "", "huge": "x" * (1 << 20), "binary": "\x00\x01\xff\xfe"
 FUZZ_CALLS = [
     ["train", "{v}"], ["train", "sentiment", "--max-steps", "{v}"], ["train", "sentiment", "--name", "{v}"],
     ["eval", "{v}"], ["eval", "-n", "{v}"], ["list", "--json", "{v}"], ["remove", "{v}"], ["doctor", "{v}"],
-    ["tasks", "{v}"], ["train", "{v}.yaml"],
+    ["tasks", "{v}"], ["train", "{v}.yaml"], ["route", "{v}"], ["generate", "{v}", "--adapter", "nope"],
+    ["generate", "{v}", "--adapter", "none", "--max-new-tokens", "2"], ["generate", "hi", "--adapter", "{v}"],
+    ["merge", "{v}", "--out", "{out}"], ["merge", "sentiment", "--out", "{out}", "--dtype", "{v}"],
+    ["combine", "sentiment", "{v}", "--name", "blend"], ["combine", "sentiment", "qa", "--name", "../{v}"],
+    ["combine", "sentiment", "qa", "--weights", "{v}", "--name", "blend"],
+    ["push", "{v}", "--repo", "someone/zoo", "--dry-run"], ["push", "sentiment", "--repo", "{v}", "--dry-run"],
+    ["pull", "{v}"], ["bench", "--only", "x{v}"], ["demo", "--port", "{v}"],
 ]
 
 
 @pytest.mark.parametrize("kind", list(BAD_VALUES))
-def test_cli_fuzz_bad_inputs_end_in_clean_errors(kind, small_zoo, capsys):
+def test_cli_fuzz_bad_inputs_end_in_clean_errors(kind, small_zoo, tmp_path, capsys):
     """Every command fed empty, 1 MB, binary, non-UTF-8 and mistyped input: exit 2 or a sane answer, no
     traceback, zoo unchanged."""
     before = tree_digest(small_zoo.root)
+    out = str(tmp_path / "merged")
     for call in FUZZ_CALLS:
-        argv = [a.replace("{v}", BAD_VALUES[kind]) for a in call] + ["--zoo", str(small_zoo.root)]
+        argv = [a.replace("{v}", BAD_VALUES[kind]).replace("{out}", out) for a in call]
+        argv += ["--zoo", str(small_zoo.root)]
         try:
             rc = main(argv)
         except SystemExit as e:  # argparse usage errors

@@ -14,8 +14,25 @@ def tiny(tiny_base_dir):
     return load_base(str(tiny_base_dir), quant=False)
 
 
-def test_packed_rows_give_the_same_logits_as_separate_runs(tiny):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what training uses on a CPU
+def test_packed_rows_give_the_same_logits_as_separate_runs(tiny, attention):
     model = tiny.model
+    model.set_attn_implementation(attention)
+    try:
+        check_packed_logits(model)
+    finally:
+        model.set_attn_implementation("sdpa")
+
+
+def test_cpu_training_attention_switches_to_eager_and_back(tiny):
+    from zoo.train import cpu_training_attention
+
+    with cpu_training_attention(tiny.model, "cpu"):
+        assert tiny.model.config._attn_implementation == "eager"
+    assert tiny.model.config._attn_implementation == "sdpa"
+
+
+def check_packed_logits(model):
     seqs = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16], [17, 18]]
     feats = [{"input_ids": s, "n_prompt": 2} for s in seqs]
     batch = PackedCollator(pad_id=0, row_tokens=8)(feats)

@@ -25,6 +25,15 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def existing(path: str | os.PathLike) -> str | None:
+    """'dir', 'file' or None; a name the OS cannot even look up (too long, NUL bytes) is simply not there."""
+    try:
+        path = Path(path).expanduser()
+        return "dir" if path.is_dir() else "file" if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _umask() -> int:
     """The process umask, read without changing it (os.umask can only be read by setting it)."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from zoo.base import EMBEDDED, BaseRef, resolve_base
 from zoo.errors import ZooError
-from zoo.fsutil import atomic_write_json, atomic_write_text, check_name, replace_dir
+from zoo.fsutil import atomic_write_json, atomic_write_text, check_name, existing, replace_dir
 from zoo.store import PICKLE_SUFFIXES, Zoo, adapter_problems, now_iso
 
 SAFE_SUFFIXES = (".safetensors", ".json", ".md", ".png")
@@ -66,7 +66,7 @@ def hub_base_id(base_id: str | None) -> str | None:
         return None
     if base_id in EMBEDDED:
         return EMBEDDED[base_id]["hub_id"]
-    if base_id.count("/") == 1 and not base_id.startswith((".", "/", "~")) and not Path(base_id).exists():
+    if base_id.count("/") == 1 and not base_id.startswith((".", "/", "~")) and not existing(base_id):
         return base_id
     return None
 
@@ -235,10 +235,10 @@ def upload(folders: list[RepoFolder], token: str, private: bool) -> list[str]:
 # pull --------------------------------------------------------------------------------------------------------------
 def fetch(source: str) -> Path:
     """A local folder as is, or a Hub snapshot holding only the safe file types."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or source.startswith((".", "/", "~")):
+    kind = existing(source)
+    if kind == "dir":
+        return Path(source).expanduser()
+    if kind or source.startswith((".", "/", "~")):
         raise ZooError(f"{source!r} is not a folder; pass a folder laid out as a Hub repo, or USER/NAME")
     check_repo_id(source)
     return _download(source)

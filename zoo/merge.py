@@ -29,6 +29,7 @@ NF4_DIR = "nf4"
 MERGE_RTOL = 1e-4
 # A reloaded folder must reproduce the in-memory model it was saved from (same weights, same kernels).
 RELOAD_RTOL = 1e-5
+GREEDY_TOKENS = 32  # answer tokens compared between the merged model and the adapter
 CHECK_PROMPTS = (
     "Review: a gripping, beautifully acted film. Is the sentiment positive or negative?",
     "Context: The Eiffel Tower is in Paris. Question: Where is the Eiffel Tower?",
@@ -47,6 +48,7 @@ class MergeResult:
     tolerance: float = field(metadata={"help": "the bound max_diff had to stay under"})
     saved_diff: float = field(metadata={"help": "the saved folder reloaded without PEFT vs the in-memory model"})
     dtype_diff: float = field(metadata={"help": "saved dtype vs fp32 reference: rounding of the cast alone"})
+    greedy_same: str = field(default="", metadata={"help": "check prompts whose greedy answers are token-identical"})
     nf4: dict | None = None
 
     def to_json(self) -> dict:
@@ -115,6 +117,22 @@ def logits(model, ids: list[list[int]]):
         return [model(input_ids=torch.tensor([x], device=device)).logits[0].float().cpu() for x in ids]
 
 
+def greedy(model, ids: list[list[int]], new_tokens: int = GREEDY_TOKENS) -> list[list[int]]:
+    """Greedy answer tokens for each check prompt (one at a time, no padding)."""
+    import torch
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for x in ids:
+            gen = model.generate(input_ids=torch.tensor([x], device=device), max_new_tokens=new_tokens,
+                                 do_sample=False, attention_mask=torch.ones(1, len(x), dtype=torch.long,
+                                                                            device=device))
+            out.append(gen[0, len(x):].tolist())
+    return out
+
+
 def max_diff(a: list, b: list) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
@@ -148,7 +166,7 @@ def merge_in_memory(adapter_dir: Path, ref, ids: list[list[int]]):
         warnings.simplefilter("ignore")
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     peft_model.eval()
-    reference = logits(peft_model, ids)
+    reference, reference_answers = logits(peft_model, ids), greedy(peft_model, ids)
     merged = peft_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaN/inf weights
     merged_logits = logits(merged, ids)
     diff = max_diff(merged_logits, reference)
@@ -156,7 +174,8 @@ def merge_in_memory(adapter_dir: Path, ref, ids: list[list[int]]):
     if diff > tol:
         raise ZooError(f"merge check failed: merged logits differ from the adapter's by {diff:.3g} (> {tol:.3g}); "
                        "the adapter may use a feature merge_and_unload cannot fold in — serve it unmerged")
-    return merged, reference, diff, tol
+    same = sum(a == b for a, b in zip(greedy(merged, ids), reference_answers))
+    return merged, reference, diff, tol, f"{same}/{len(ids)}"
 
 
 def save_checked(model, tokenizer, folder: Path, ids, what: str, **load_kwargs) -> tuple[list, float]:
@@ -229,11 +248,11 @@ def _write_merged(zoo, name, entry, ref, staged: Path, dtype: str, quantize: str
 
     tokenizer = AutoTokenizer.from_pretrained(ref.path)
     ids = check_ids(tokenizer)
-    merged, reference, diff, tol = merge_in_memory(zoo.adapter_dir(name), ref, ids)
+    merged, reference, diff, tol, greedy_same = merge_in_memory(zoo.adapter_dir(name), ref, ids)
     torch_dtype = getattr(torch, DTYPES[dtype])
     cast_parameters(merged, torch_dtype)
     saved, reload_diff = save_checked(merged, tokenizer, staged, ids, dtype, dtype=torch_dtype)
-    result = MergeResult(name, staged, dtype, diff, tol, reload_diff, max_diff(saved, reference))
+    result = MergeResult(name, staged, dtype, diff, tol, reload_diff, max_diff(saved, reference), greedy_same)
     del merged
     if quantize == "nf4":
         compute = torch.float32 if dtype == "fp32" else torch_dtype

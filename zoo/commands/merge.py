@@ -29,7 +29,8 @@ def run(args) -> int:
         return 0
     print(f"[zoo] merged {result.adapter!r} into {result.out} ({result.dtype})")
     print(f"[zoo] check: max |logit diff| merged vs adapter on the fp32 base = {result.max_diff:.3g} "
-          f"(tolerance {result.tolerance:.3g})")
+          f"(tolerance {result.tolerance:.3g}); greedy answers token-identical on {result.greedy_same} "
+          f"check prompts")
     if result.dtype != "fp32":
         print(f"[zoo] {result.dtype} rounding: max |logit diff| vs fp32 = {result.dtype_diff:.3g}")
     if result.nf4:
