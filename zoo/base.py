@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import threading
@@ -18,6 +19,10 @@ from pathlib import Path
 
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name, file_lock
+
+# bitsandbytes warns at import, on CPUs with AVX512-BF16, that it cannot fetch an optional kernel from the Hub
+# (`kernels` package); its built-in CPU path is what runs, so the warning is noise on every command.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 DEFAULT_BASE = "smollm2-135m"
 EMBEDDED = {

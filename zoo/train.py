@@ -126,10 +126,14 @@ def lora_config(lora, n_layers: int):
 def attach_adapter(base_model, lora, name: str):
     """Wrap the shared base with a fresh LoRA adapter (no prepare_model_for_kbit_training: it would switch on
     input gradients and make backward run through every layer even when only the top ones are adapted)."""
+    import warnings
+
     from peft import get_peft_model
 
     cfg = lora_config(lora, base_model.config.num_hidden_layers)
-    model = get_peft_model(base_model, cfg, adapter_name=name)
+    with warnings.catch_warnings():  # PEFT still reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base_model, cfg, adapter_name=name)
     return model
 
 
@@ -187,13 +191,21 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
         save_total_limit=2,
         seed=train.seed,
         data_seed=train.seed,
-        gradient_checkpointing=train.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if train.gradient_checkpointing else None,
+        **checkpointing_args(train.gradient_checkpointing),
         use_cpu=device == "cpu",
         bf16=compute_dtype == torch.bfloat16 and device != "cpu",
         fp16=compute_dtype == torch.float16,
         disable_tqdm=False,
     )
+
+
+def checkpointing_args(on: bool) -> dict:
+    """Activation (gradient) checkpointing under the name this transformers knows (renamed in 5.x)."""
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
