@@ -3,7 +3,8 @@
 Why it is faster than the usual recipe (see `zoo bench`):
 - examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and
 - the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
-- `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on).
+- `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on),
+- and on a CPU, attention is eager while training (see `cpu_training_attention`).
 """
 
 from __future__ import annotations
