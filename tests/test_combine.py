@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from zoo.cli import main
-from zoo.combine import METHODS, Blend, blend_row, search, write_combination_report
+from zoo.combine import METHODS, Blend, blend_row, delta_norm, norm_balanced, search, write_combination_report
 from zoo.errors import ZooError
 from zoo.store import Zoo
 from tests.helpers import make_adapter as add_adapter  # tests/test_merge.py imports it from here
@@ -188,7 +188,7 @@ def test_search_picks_the_best_blend_and_writes_the_report(zoo, monkeypatch, cap
              "--no-quant")
     assert rc == 0, capsys.readouterr().err
     report = json.loads((zoo.reports_dir / "combinations.json").read_text())["blends"]
-    assert len(report) == 8  # 2 methods x 4 weightings
+    assert len(report) == 12  # 2 methods x (4 fixed + 2 norm-balanced weightings)
     fractions = [r["mean_fraction"] for r in report]
     assert fractions == sorted(fractions, reverse=True)
     best = report[0]
@@ -242,3 +242,14 @@ def test_report_from_scores_recorded_by_zoo_eval(zoo):
     assert rows[0]["tasks"]["qa"]["fraction"] == pytest.approx(0.75)
     assert rows[0]["mean_fraction"] == pytest.approx(0.75)
     assert "mix (cat 0.5/0.5)" in (zoo.reports_dir / "combinations.md").read_text()
+
+
+def test_norm_balanced_weights_equalize_the_parents_deltas(zoo):
+    """delta_norm is the norm of all of scale * B @ A; norm-balanced weights give every parent the same one."""
+    norms = [delta_norm(zoo, n) for n in ("sent", "qa1")]
+    expected = [sum(float(d.norm()) ** 2 for d in deltas(zoo.adapter_dir(n)).values()) ** 0.5
+                for n in ("sent", "qa1")]
+    assert norms == pytest.approx(expected, rel=1e-5) and norms[0] != pytest.approx(norms[1])
+    weights = norm_balanced(norms, 0.8)
+    assert max(weights) == pytest.approx(0.8)
+    assert weights[0] * norms[0] == pytest.approx(weights[1] * norms[1], rel=1e-2)

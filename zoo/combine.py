@@ -293,9 +293,40 @@ def combined_entry(name: str, blend: Blend, entries: dict, cfg: dict, route_as: 
 DEFAULT_SEARCH_N = 16
 
 
+NORM_BALANCED_SCALES = (0.6, 0.8)  # weight of the smallest-delta adapter in the norm-balanced grid points
+
+
+def delta_norm(zoo, name: str) -> float:
+    """Frobenius norm of the adapter's whole weight change, sqrt(sum over modules of |scale * B @ A|^2)."""
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = adapter_config(zoo, name)
+    scale = cfg["lora_alpha"] / cfg["r"]
+    tensors = load_file(str(zoo.adapter_dir(name) / "adapter_model.safetensors"))
+    total = 0.0
+    for key, a in tensors.items():
+        if "lora_A" in key and key.replace("lora_A", "lora_B") in tensors:
+            b = tensors[key.replace("lora_A", "lora_B")]
+            total += float(torch.linalg.matrix_norm(scale * (b.float() @ a.float())) ** 2)
+    return total ** 0.5
+
+
+def norm_balanced(norms: list[float], scale: float) -> tuple[float, ...]:
+    """Weights that give every parent the same delta norm: the smallest-delta parent gets `scale`."""
+    smallest = min(n for n in norms if n > 0)
+    return tuple(round(scale * smallest / n, 3) if n > 0 else 0.0 for n in norms)
+
+
 def search_grid(parents: tuple[str, ...], methods: list[str] | None, weights: list[float] | None,
-                density: float | None, same_rank: bool, seed: int = 0) -> list[Blend]:
-    """A handful of blends: exact and SVD methods (plus linear/ties when ranks match) x a few weightings."""
+                density: float | None, same_rank: bool, seed: int = 0,
+                norms: list[float] | None = None) -> list[Blend]:
+    """A handful of blends: exact and SVD methods (plus linear/ties when ranks match) x a few weightings.
+
+    Uniform weights let the adapter with the largest delta drown the others (measured on the built-in three:
+    the sentiment adapter's delta is 2.5x the QA one's; cat at 1/3 each kept 1.03 / 0.73 / 0.61 of the
+    sentiment / QA / summarization scores, norm-balanced weights 0.31 / 0.8 / 0.69 kept 1.00 / 0.98 / 0.80),
+    so with `norms` the grid adds norm-balanced weightings too."""
     k = len(parents)
     methods = methods or ["cat", "svd"] + (["linear", "ties"] if same_rank else [])
     if weights:
@@ -304,8 +335,10 @@ def search_grid(parents: tuple[str, ...], methods: list[str] | None, weights: li
         grid = [tuple([1.0 / k] * k), tuple([1.0] * k)]
         if k == 2:
             grid += [(0.7, 0.3), (0.3, 0.7)]
-        else:  # measured on the three built-in adapters: 1/3 each dilutes, 1 each interferes; between helps
+        else:
             grid.insert(1, tuple([0.5] * k))
+        if norms and any(n > 0 for n in norms):
+            grid += [w for w in (norm_balanced(norms, s) for s in NORM_BALANCED_SCALES) if w not in grid]
     return [Blend(parents, w, m, density if m in DENSITY_METHODS else None, seed=seed)
             for m in methods for w in grid]
 

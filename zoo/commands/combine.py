@@ -78,8 +78,8 @@ def combine_once(zoo, args) -> dict:
 
 
 def search_and_combine(zoo, args) -> dict:
-    from zoo.combine import (Blend, adapter_config, check_target_name, combine, max_rank, search, search_grid,
-                             write_combination_report)
+    from zoo.combine import (Blend, adapter_config, check_target_name, combine, delta_norm, max_rank, search,
+                             search_grid, write_combination_report)
 
     if args.n < 1:
         raise ZooError("-n must be at least 1")
@@ -90,7 +90,8 @@ def search_and_combine(zoo, args) -> dict:
     for p in parents:
         zoo.get(p)
     same_rank = len({max_rank(adapter_config(zoo, p)) for p in parents}) == 1
-    blends = search_grid(parents, args.method, args.weights, args.density, same_rank, args.seed)
+    norms = None if args.weights else [delta_norm(zoo, p) for p in parents]
+    blends = search_grid(parents, args.method, args.weights, args.density, same_rank, args.seed, norms)
     rows = search(zoo, blends, n=args.n, data_dir=args.data_dir, seed=args.seed, quant=not args.no_quant)
     best = rows[0]
     if best["mean_fraction"] is None:
