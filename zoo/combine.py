@@ -303,7 +303,10 @@ def delta_norm(zoo, name: str) -> float:
 
     cfg = adapter_config(zoo, name)
     scale = cfg["lora_alpha"] / cfg["r"]
-    tensors = load_file(str(zoo.adapter_dir(name) / "adapter_model.safetensors"))
+    try:
+        tensors = load_file(str(zoo.adapter_dir(name) / "adapter_model.safetensors"))
+    except Exception as e:  # noqa: BLE001 - truncated or missing file: say which adapter and how to check
+        raise ZooError(f"adapter {name!r} cannot be read ({type(e).__name__}); `zoo doctor` explains") from None
     total = 0.0
     for key, a in tensors.items():
         if "lora_A" in key and key.replace("lora_A", "lora_B") in tensors:
