@@ -10,7 +10,7 @@ from __future__ import annotations
 from demo.examples import EXAMPLES
 from demo.handlers import (ZOO_COLUMNS, Blender, auto_answer, blend_answer, blendable, manual_answer,
                            router_problem, zoo_plots, zoo_rows, zoo_summary)
-from zoo.errors import ZooError
+from zoo.errors import ZooError, printable
 
 TITLE = "Adapter Zoo"
 INTRO = ("# Adapter Zoo\n"
@@ -63,10 +63,9 @@ def theme(gr):
                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
 
 
-def _fail(gr, e: ZooError, limit: int = 300):
+def _fail(gr, e: ZooError):
     """The error as one short message on the page (a 1 MB prompt must not come back in it)."""
-    text = str(e)
-    return gr.Error(text if len(text) <= limit else text[:limit] + "...", print_exception=False)
+    return gr.Error(printable(str(e), limit=300), print_exception=False)
 
 
 def _answer_pair(gr, label: str, prefix: str):

@@ -89,8 +89,7 @@ def flipped_templates(spec) -> list[str]:
 
 def flipped_prompts(spec, rows: list[dict]) -> list[str]:
     flips = flipped_templates(spec)
-    return [flips[i % len(flips)].format(**{c: row[c] for c in spec.input_columns})
-            for i, row in enumerate(rows)] if flips else []
+    return phrase(tuple(flips), rows, spec.input_columns) if flips else []
 
 
 def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int = 0,

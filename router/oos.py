@@ -143,5 +143,7 @@ def oos_prompts(split: str = "train") -> list[str]:
             seen = not _held_out(fi) and not _held_out(xi)
             if seen == (split == "train"):
                 out.append(frame.format(x=filler))
-    out += noise(120, seed=0) if split == "train" else [t for t in noise(30, seed=1) if t not in set(noise(120, 0))]
+    train_noise = noise(120, seed=0)
+    seen_noise = set(train_noise)
+    out += train_noise if split == "train" else [t for t in noise(30, seed=1) if t not in seen_noise]
     return list(dict.fromkeys(out))

@@ -20,17 +20,14 @@ from pathlib import Path
 
 from tasks.spec import LoraSettings, TaskSpec, TrainSettings
 from zoo.errors import ZooError
+from zoo.fsutil import existing
 
 ALIASES = {"output_column": "target_column", "hub_dataset": "dataset", "data_dir": "dataset"}
 SPEC_KEYS = {f.name for f in fields(TaskSpec)} - {"target_fn"}
 
 
 def load_task_file(path: Path) -> TaskSpec:
-    try:
-        exists = path.is_file()
-    except (OSError, ValueError):  # a name too long or otherwise impossible for this filesystem
-        exists = False
-    if not exists:
+    if existing(path) != "file":  # also a name too long or otherwise impossible for this filesystem
         raise ZooError(f"task file {str(path)[:120]!r} does not exist")
     raw = _parse(path)
     if not isinstance(raw, dict):

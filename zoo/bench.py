@@ -187,20 +187,17 @@ def _train_result(task, recipe, seconds, examples, tokens, load_s, lora, device,
 
 
 def worker_train_ours(job: dict) -> dict:
-    import zoo.train
     from zoo.base import load_base
     from zoo.store import Zoo
+    from zoo.train import train_adapter
 
     spec = bench_spec(job["task"], job["examples"])
     t0 = time.perf_counter()
     loaded = load_base(job["base"], quant=True, device=job["device"])
     load_s = time.perf_counter() - t0
-    timer, make_trainer = step_timer(), zoo.train.make_trainer
-    zoo.train.make_trainer = lambda *a, **k: make_trainer(*a, **k, callbacks=[timer])  # time steps, change nothing
-    try:
-        entry = zoo.train.train_adapter(Zoo(job["zoo"]), spec, loaded, name=job["name"], data_dir=job["data_dir"])
-    finally:
-        zoo.train.make_trainer = make_trainer
+    timer = step_timer()
+    entry = train_adapter(Zoo(job["zoo"]), spec, loaded, name=job["name"], data_dir=job["data_dir"],
+                          callbacks=[timer])
     lora = {**asdict(spec.lora), "target_modules": spec.lora.module_names(),
             "layers": spec.lora.layers or "all", "gradient_checkpointing": spec.train.gradient_checkpointing,
             "loss_on": "answer tokens", "batching": "packed"}
@@ -268,9 +265,9 @@ def worker_base_rss(job: dict) -> dict:
             "dtype": str(loaded.compute_dtype).replace("torch.", ""), "gpu": gpu_memory(loaded.device)}
 
 
-def adapter_param_bytes(model, name: str) -> dict:
+def adapter_param_bytes(runtime, name: str) -> dict:
     """Parameter count and bytes of one loaded adapter (its lora_A/lora_B tensors)."""
-    params = [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+    params = runtime.adapter_parameters(name)
     return {"params": sum(p.numel() for p in params),
             "param_bytes": sum(p.numel() * p.element_size() for p in params)}
 
@@ -297,7 +294,7 @@ def worker_runtime_rss(job: dict) -> dict:
         rt.release_memory()
         steps[str(count)] = round(rss_bytes() / MB, 1)
     sizes = [{"name": n, "disk_bytes": (zoo.adapter_dir(n) / "adapter_model.safetensors").stat().st_size,
-              **adapter_param_bytes(rt.model, n)} for n in names]
+              **adapter_param_bytes(rt, n)} for n in names]
     gpu = gpu_memory(rt.loaded.device)
     rt.close()
     return {"bare_mb": round(bare / MB, 1), "rss_mb": steps, "adapters": sizes, "gpu": gpu}

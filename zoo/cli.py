@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, printable
 
 COMMANDS = {
     "train": ("zoo.commands.train", "train adapters for tasks (names or task files)"),
@@ -33,12 +33,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, printable(f"{self.prog}: error: {message} (see `{self.prog} --help`)") + "\n")
-
-
-def printable(text: str, limit: int = 500) -> str:
-    """Undecodable bytes from argv (surrogates) or 1 MB arguments must not break or flood the error line."""
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

@@ -74,9 +74,13 @@ class Runtime:
         """Keep a served adapter in the compute dtype: bf16 halves what each adapter adds to memory (ten
         fp32 adapters of the built-in shape add ~200 MB), and the LoRA matmuls then need no input cast."""
         dtype = self.loaded.compute_dtype
-        for key, param in self.model.named_parameters():
-            if f".{name}." in key and "lora_" in key and param.dtype != dtype:
+        for param in self.adapter_parameters(name):
+            if param.dtype != dtype:
                 param.data = param.data.to(dtype)
+
+    def adapter_parameters(self, name: str) -> list:
+        """The LoRA tensors of one loaded adapter (PEFT names them `...lora_A.<adapter>.weight`)."""
+        return [p for key, p in self.model.named_parameters() if f".{name}." in key and "lora_" in key]
 
     def load_all(self) -> list[str]:
         for name in self.available():

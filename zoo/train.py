@@ -220,8 +220,10 @@ def total_steps(train, n_examples: int) -> int:
 
 
 # recipe: setup -> train -> save -> cleanup ----------------------------------------
-def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, resume: bool = False) -> dict:
-    """Train `spec`'s adapter on the shared base `loaded` and add it to `zoo`. Returns its manifest entry."""
+def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, resume: bool = False,
+                  callbacks=()) -> dict:
+    """Train `spec`'s adapter on the shared base `loaded` and add it to `zoo`. Returns its manifest entry.
+    `callbacks` go to the Trainer (the bench's step timer)."""
     import torch
     from transformers import set_seed
 
@@ -246,7 +248,7 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
             args["warmup_steps"] = int(steps * train.warmup_ratio)
             args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
             collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
-            trainer = make_trainer(model, examples, args, collator)
+            trainer = make_trainer(model, examples, args, collator, callbacks)
             print(f"[zoo] training {name!r} ({spec.name}): {len(examples)} examples, "
                   f"{sum(len(e['input_ids']) for e in examples)} tokens, LoRA r={spec.lora.r} "
                   f"on {spec.lora.layers or 'all'} layers", flush=True)

@@ -1,4 +1,5 @@
-"""Prompts from the command line or from stdin (plain lines, or JSONL objects with a `prompt` field)."""
+"""Prompts from the command line or from stdin (plain lines, or JSONL objects with a `prompt` field), shared by
+`zoo route` and `zoo generate`."""
 
 from __future__ import annotations
 
@@ -11,27 +12,33 @@ from zoo.errors import ZooError
 def read_prompts(prompt: str | None, stdin=None) -> list[str]:
     """The PROMPT argument, or every non-empty stdin line; undecodable bytes become U+FFFD, never a crash."""
     if prompt is not None:
-        if not prompt.strip():
-            raise ZooError("empty prompt: give some text, or pipe prompts on stdin")
-        return [prompt.encode("utf-8", "replace").decode("utf-8")]
+        return [check_prompt(prompt.encode("utf-8", "replace").decode("utf-8"), "PROMPT")]
     stream = stdin or sys.stdin
     if stream is None or stream.isatty():
-        raise ZooError("no prompt: pass PROMPT or pipe prompts on stdin (one per line, or JSONL with 'prompt')")
+        raise ZooError('no prompt: pass "PROMPT" or pipe prompts on stdin (one per line, or JSONL with "prompt")')
     raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    prompts = [parse_line(line) for line in text.splitlines() if line.strip()]
+    prompts = [parse_line(line, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not prompts:
-        raise ZooError("stdin held no prompts")
+        raise ZooError("empty prompt: stdin holds no text")
     return prompts
 
 
-def parse_line(line: str) -> str:
-    if line.lstrip().startswith("{"):
+def check_prompt(prompt: str, where: str) -> str:
+    if not prompt.strip():
+        raise ZooError(f"empty prompt ({where}): give some text")
+    return prompt
+
+
+def parse_line(line: str, n: int) -> str:
+    """A JSONL object gives its `prompt` field; any other line (a brace that is not JSON too) is the prompt."""
+    stripped = line.strip()
+    if stripped.startswith("{"):
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
+            obj = json.loads(stripped)
+        except ValueError:
             return line
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-            raise ZooError(f"JSONL line without a non-empty 'prompt' string: {line[:80]!r}")
-        return obj["prompt"]
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ZooError(f"stdin line {n}: a JSON object needs a string 'prompt' field")
+        return check_prompt(obj["prompt"], f"stdin line {n}")
     return line

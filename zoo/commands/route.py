@@ -35,9 +35,10 @@ def run(args) -> int:
         train(zoo, args)
         if args.prompt is None:
             return 0
-    prompts = [check_prompt(args.prompt, "PROMPT")] if args.prompt is not None else read_prompts(sys.stdin)
     from router import load_router
+    from zoo.commands.prompts_io import read_prompts
 
+    prompts = read_prompts(args.prompt)
     router = load_router(zoo)
     for i in range(0, len(prompts), BATCH):
         chunk = prompts[i:i + BATCH]
@@ -56,38 +57,6 @@ def train(zoo, args) -> None:
                         **params)
     print(f"[zoo] router fit for routes {', '.join(map(str, router.classes_))} "
           f"(threshold {router.threshold}); saved in {zoo.router_dir}", file=sys.stderr)
-
-
-def check_prompt(prompt: str, where: str) -> str:
-    if not prompt.strip():
-        raise ZooError(f"empty prompt ({where}): give some text to route")
-    return prompt
-
-
-def read_prompts(stream) -> list[str]:
-    """Lines of stdin as prompts: JSONL objects give their `prompt` field, anything else is the prompt.
-    Bytes that are not UTF-8 are replaced, never fatal."""
-    if stream is None or stream.isatty():
-        raise ZooError('no prompt: pass "PROMPT" or pipe prompts on stdin (one per line, or JSONL with "prompt")')
-    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-    prompts = [parse_line(line, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not prompts:
-        raise ZooError("empty prompt: stdin holds no text to route")
-    return prompts
-
-
-def parse_line(line: str, n: int) -> str:
-    stripped = line.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-        except ValueError:
-            return line  # text that merely starts with a brace
-        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-            raise ZooError(f"stdin line {n}: a JSON object needs a string 'prompt' field")
-        return check_prompt(obj["prompt"], f"stdin line {n}")
-    return line
 
 
 def describe(prompt: str, result: dict, single: bool) -> str:
