@@ -37,14 +37,23 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
             assert x["metric"]["n"] == 2 and 0 <= x["metric"]["value"] <= 100
         assert abs(ours["tokens"] - ref["tokens"]) <= 8  # same prompts; the template adds one "\n" per example
         assert (ours["lora"]["r"], ours["lora"]["alpha"]) == (ref["lora"]["r"], ref["lora"]["alpha"])
-        assert ref["lora"]["layers"] == "all" and ref["lora"]["loss_on"] == "all tokens"
+        assert ref["lora"]["layers"] == ours["lora"]["layers"] and ref["lora"]["loss_on"] == "all tokens"
         assert ours["lora"]["loss_on"] == "answer tokens"
+        assert ref["lora"]["compute_dtype"] == "float32"  # the recipe's dtype on a CPU
+        assert "reference_same_dtype" not in r["train"][task]  # tiny/quick runs leave the extra run out
     assert r["batched_eval_speedup"] > 0 and r["mixed_batch_ratio"] > 0
     inf = r["inference"]
     assert len(inf["mixed"]["mixed_adapters"]["adapters"]) == 3 and inf["first_token_ms"]["median"] > 0
-    for key in ("eval_style", "long_answers"):
-        assert inf[key]["batched"]["prompts"] == inf[key]["one_at_a_time"]["prompts"] == 2
-        assert inf[key]["one_at_a_time"]["batch_size"] == 1
+    ev = inf["eval_style"]
+    assert set(ev["tasks"]) == {"sentiment", "qa", "summarization"}
+    assert ev["tasks"]["qa"]["adapter"] == "ours-qa" and ev["tasks"]["summarization"]["adapter"] == "none"
+    for x in ev["tasks"].values():
+        assert x["batched"]["prompts"] == x["one_at_a_time"]["prompts"] == 2
+        assert x["one_at_a_time"]["batch_size"] == 1
+    tokens = sum(x["batched"]["answer_tokens"] for x in ev["tasks"].values())
+    seconds = sum(x["batched"]["seconds"] for x in ev["tasks"].values())
+    assert ev["batched_tokens_per_s"] == pytest.approx(tokens / seconds, rel=0.02)
+    assert r["batched_eval_speedup"] == ev["speedup"]
     assert r["adapters"]["trained_here"] == ["ours-qa", "ours-sentiment", "reference-qa", "reference-sentiment"]
     assert len(r["adapters"]["random"]) == 6 and r["adapters"]["from_zoo"] == []
     mem = r["memory"]

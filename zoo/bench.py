@@ -41,7 +41,7 @@ class BenchConfig:
     sections: tuple[str, ...] = SECTIONS
     train_examples: int = 48  # per recipe per task
     eval_n: int = 40  # validation rows scored per trained adapter
-    gen_prompts: int = 24  # qa prompts for batched vs one at a time
+    gen_prompts: int = 24  # prompts per task for batched vs one at a time
     gen_batch: int = 16
     gen_new_tokens: int | None = None  # None: the qa task's own answer budget
     mixed_prompts: int = 32
@@ -52,13 +52,14 @@ class BenchConfig:
     router_single: int = 200  # prompts routed one by one for p50/p99
     router_fit: tuple[tuple[str, object], ...] = ()  # extra `fit_router` arguments (tiny runs: a small fit)
     repeats: int = 1  # timed generation runs (best kept)
+    reference_same_dtype: bool = False  # also train the reference in our compute dtype when they differ
     isolate: bool = True  # measured jobs in fresh processes; False (tests only) mixes their peaks
 
 
 PRESETS = {
     "quick": BenchConfig(),
     "full": BenchConfig(mode="full", train_examples=160, eval_n=100, gen_prompts=48, mixed_prompts=64,
-                        router_single=500, repeats=3),
+                        router_single=500, repeats=3, reference_same_dtype=True),
     "tiny": BenchConfig(mode="tiny", train_examples=8, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
                         mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5,
                         router_fit=(("rows_per_task", 12), ("features", "ngrams"), ("n_features", 2**12))),
@@ -200,7 +201,8 @@ def worker_train_ours(job: dict) -> dict:
                           callbacks=[timer])
     lora = {**asdict(spec.lora), "target_modules": spec.lora.module_names(),
             "layers": spec.lora.layers or "all", "gradient_checkpointing": spec.train.gradient_checkpointing,
-            "loss_on": "answer tokens", "batching": "packed"}
+            "loss_on": "answer tokens", "batching": "packed",
+            "compute_dtype": str(loaded.compute_dtype).replace("torch.", "")}
     return _train_result(job["task"], "ours", entry["throughput"]["seconds"], entry["data"]["examples"],
                          entry["data"]["tokens"], load_s, lora, loaded.device, entry.get("final_loss"), timer.marks)
 
@@ -218,7 +220,8 @@ def worker_train_reference(job: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix="zoo-bench-ref-"))
     try:
         timer = step_timer()
-        r = train_reference(spec, ref.path, rows, out, job["device"], callbacks=[timer])
+        r = train_reference(spec, ref.path, rows, out, job["device"], callbacks=[timer],
+                            match_dtype=job.get("match_dtype", False))
         with zoo.lock():
             replace_dir(out / "adapter", zoo.adapter_dir(job["name"]))
     finally:
@@ -371,17 +374,34 @@ def make_random_adapters(zoo, loaded, count: int, seed: int = 0) -> list[str]:
 # sections ------------------------------------------------------------------------------------
 def bench_training(cfg: BenchConfig, work_zoo: Path, device: str, out: dict) -> None:
     """Each recipe on each task in its own fresh process: examples/s, tokens/s, peak memory. Fills `out` task
-    by task, so the tasks already done survive a failure."""
+    by task, so the tasks already done survive a failure.
+
+    The reference computes in fp32 on a CPU, as the recipe does. Where `zoo train` picks bf16 (a CPU with
+    AVX512-BF16), part of the speedup is that choice; `reference_same_dtype` adds a reference run in our
+    dtype, so the recipe's own share is on record too (`speedup_same_dtype`)."""
+    from zoo.base import pick_compute_dtype
+    from zoo.bench_reference import reference_dtype
+
+    recipes = [("ours", "train-ours", False), ("reference", "train-reference", False)]
+    if cfg.reference_same_dtype and reference_dtype(device) != pick_compute_dtype(device):
+        recipes.append(("reference_same_dtype", "train-reference", True))
     for task in cfg.tasks:
         runs = {}
-        for recipe in ("ours", "reference"):
+        for recipe, kind, match in recipes:
             progress(f"training {task} with the {recipe} recipe ({cfg.train_examples} examples)...")
-            job = {"kind": f"train-{recipe}", "task": task, "examples": cfg.train_examples, "base": cfg.base,
-                   "device": device, "data_dir": cfg.data_dir, "zoo": str(work_zoo), "name": f"{recipe}-{task}"}
+            job = {"kind": kind, "task": task, "examples": cfg.train_examples, "base": cfg.base, "device": device,
+                   "data_dir": cfg.data_dir, "zoo": str(work_zoo), "name": f"{recipe.replace('_', '-')}-{task}",
+                   "match_dtype": match}
             runs[recipe] = x = run_worker(job, cfg.isolate)
             progress(f"  {x['examples_per_s']} examples/s, {x['tokens_per_s']} tokens/s, "
                      f"{x['train_seconds']} s, peak RSS {x['peak_rss_mb']} MB")
-        out[task] = {**runs, "speedup": round(runs["ours"]["examples_per_s"] / runs["reference"]["examples_per_s"], 2)}
+        out[task] = {**runs, "speedup": _ratio(runs["ours"], runs["reference"])}
+        if "reference_same_dtype" in runs:
+            out[task]["speedup_same_dtype"] = _ratio(runs["ours"], runs["reference_same_dtype"])
+
+
+def _ratio(ours: dict, reference: dict) -> float:
+    return round(ours["examples_per_s"] / reference["examples_per_s"], 2)
 
 
 def score_trained(runtime, cfg: BenchConfig, training: dict) -> None:
@@ -448,21 +468,48 @@ def mixing(runtime, ids, trio: list[str], cfg: BenchConfig) -> dict:
             "ratio": round(mixed["examples_per_s"] / one["examples_per_s"], 3)}
 
 
-def bench_inference(runtime, cfg: BenchConfig, adapters: list[str], qa_adapter: str) -> dict:
-    """Eval-style batching (qa prompts, the task's answer budget), batching with long answers (dialogues,
-    summaries of `mixed_new_tokens`), mixed-adapter batches and first-token latency."""
+def eval_adapter(runtime, task: str, names: list[str]) -> str:
+    """The adapter `zoo eval` would run on `task`'s prompts here: ours, else a trained one of the user's, else
+    the plain base (a random adapter never stops early, so its answers would not be eval-like)."""
+    from zoo.runtime import NONE
+
+    if f"ours-{task}" in names:
+        return f"ours-{task}"
+    entries = runtime.zoo.entries()
+    return next((n for n in names if entries.get(n, {}).get("task") == task
+                 and entries[n].get("kind") != "random"), NONE)
+
+
+def eval_style(runtime, cfg: BenchConfig, names: list[str]) -> dict:
+    """What `zoo eval` does: each built-in task's validation prompts with the task's own answer budget, batched
+    vs one at a time. The bar's ratio is over all tasks together (answer tokens / seconds)."""
     from tasks import get_task
 
-    ids = task_ids(runtime, "qa", cfg.gen_prompts, cfg.data_dir)
-    progress(f"generation: {len(ids)} qa prompts, batch {cfg.gen_batch} vs 1...")
-    eval_style = batching(runtime, ids, qa_adapter, cfg.gen_new_tokens or get_task("qa").max_new_tokens, cfg)
+    per_task = {}
+    for task in ADAPTER_TASKS:
+        ids = task_ids(runtime, task, cfg.gen_prompts, cfg.data_dir)
+        adapter = eval_adapter(runtime, task, names)
+        budget = cfg.gen_new_tokens or get_task(task).max_new_tokens
+        progress(f"eval-style generation: {len(ids)} {task} prompts on {adapter}, batch {cfg.gen_batch} vs 1...")
+        per_task[task] = batching(runtime, ids, adapter, budget, cfg)
+
+    def rate(key: str) -> float:
+        runs = [r[key] for r in per_task.values()]
+        return sum(r["answer_tokens"] for r in runs) / max(sum(r["seconds"] for r in runs), 1e-9)
+
+    return {"tasks": per_task, "batched_tokens_per_s": round(rate("batched"), 1),
+            "one_at_a_time_tokens_per_s": round(rate("one_at_a_time"), 1),
+            "speedup": round(rate("batched") / rate("one_at_a_time"), 2)}
+
+
+def bench_inference(runtime, cfg: BenchConfig, adapters: list[str]) -> dict:
+    """Eval-style batching (every task, its own answer budget), mixed-adapter batches, first-token latency."""
+    evals = eval_style(runtime, cfg, adapters)
     dialogues = task_ids(runtime, "summarization", cfg.mixed_prompts, cfg.data_dir)
-    progress(f"generation: {cfg.gen_batch} dialogues, {cfg.mixed_new_tokens} new tokens, batch {cfg.gen_batch} vs 1...")
-    long = batching(runtime, dialogues[:cfg.gen_batch], adapters[0], cfg.mixed_new_tokens, cfg)
     progress(f"mixed batch: {len(dialogues)} dialogues over {adapters[:3]} vs all on {adapters[0]}...")
     mixed = mixing(runtime, dialogues, adapters[:3], cfg)
-    return {"eval_style": eval_style, "long_answers": long, "mixed": mixed,
-            "batched_eval_speedup": eval_style["speedup"], "mixed_batch_ratio": mixed["ratio"],
+    return {"eval_style": evals, "mixed": mixed,
+            "batched_eval_speedup": evals["speedup"], "mixed_batch_ratio": mixed["ratio"],
             "first_token_ms": first_token_ms(runtime, adapters[0], cfg.latency_reps),
             "gpu": gpu_memory(runtime.loaded.device)}
 
@@ -602,9 +649,8 @@ def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
                 with section(result, "train_scoring"):
                     score_trained(runtime, cfg, result["train"])
             if "inference" in want:
-                qa = "ours-qa" if "ours-qa" in adapters["order"] else adapters["order"][0]
                 with section(result, "inference"):
-                    result["inference"] = bench_inference(runtime, cfg, adapters["order"], qa)
+                    result["inference"] = bench_inference(runtime, cfg, adapters["order"])
         finally:
             runtime.close()
         if "memory" in want:

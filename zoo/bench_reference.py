@@ -1,9 +1,9 @@
 """The textbook QLoRA recipe, as the tutorials write it, for `zoo bench` to measure `zoo train` against.
 
-NF4 base (bitsandbytes) -> `prepare_model_for_kbit_training` -> `get_peft_model` with LoRA on every layer ->
+NF4 base (bitsandbytes, fp32 compute on a CPU) -> `prepare_model_for_kbit_training` -> `get_peft_model` ->
 plain `transformers.Trainer`, chat-formatted examples padded per batch, loss on every token. It gets the same
-rows, template draws, LoRA rank/alpha/targets, learning rate, schedule and effective batch as `zoo train`, so
-what differs is only the recipe. Nothing here is used outside the benchmark.
+rows, template draws, LoRA config (rank, alpha, targets, layers), learning rate, schedule and effective batch
+as `zoo train`, so what differs is only the recipe. Nothing here is used outside the benchmark.
 """
 
 from __future__ import annotations
@@ -30,26 +30,35 @@ def format_examples(spec, tokenizer, rows: list[dict], max_len: int, seed: int) 
     return out
 
 
-def load_model(base_path: str | Path, lora, device: str):
-    """NF4 + double quantization, k-bit preparation (fp32 norms, input grads, gradient checkpointing), LoRA
-    on all layers."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+def reference_dtype(device: str, match_ours: bool = False):
+    """The recipe's compute dtype: fp32 on a CPU (what the tutorials use there, and what issue 7 specifies),
+    bf16 (else fp16) on a GPU. `match_ours` takes `zoo train`'s choice instead (bf16 on CPUs that have it), so
+    the bench can also show the speedup that comes from the recipe alone."""
+    import torch
 
     from zoo.base import pick_compute_dtype
 
-    dtype = pick_compute_dtype(device)
+    return pick_compute_dtype(device) if match_ours or device != "cpu" else torch.float32
+
+
+def load_model(base_path: str | Path, lora, device: str, dtype):
+    """NF4 + double quantization, k-bit preparation (fp32 norms, input grads, gradient checkpointing), LoRA
+    on the same layers as `zoo train`."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    from zoo.train import lora_config
+
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=dtype)
     model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=bnb, dtype=dtype,
                                                  device_map={"": device})
     model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.module_names(), bias="none", task_type="CAUSAL_LM")
+    config = lora_config(lora, model.config.num_hidden_layers)  # the very LoraConfig `zoo train` builds
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return get_peft_model(model, config), tokenizer, dtype
+    return get_peft_model(model, config), tokenizer
 
 
 def make_trainer(model, tokenizer, examples: list[dict], train, out_dir: Path, device: str, dtype):
@@ -76,13 +85,14 @@ def make_trainer(model, tokenizer, examples: list[dict], train, out_dir: Path, d
 
 
 def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path, device: str,
-                    callbacks=()) -> dict:
+                    callbacks=(), match_dtype: bool = False) -> dict:
     """Train one adapter the textbook way; save it (PEFT format) in `out_dir`. Returns timing and config."""
     from transformers import set_seed
 
     set_seed(spec.train.seed)
+    dtype = reference_dtype(device, match_dtype)
     t0 = time.perf_counter()
-    model, tokenizer, dtype = load_model(base_path, spec.lora, device)
+    model, tokenizer = load_model(base_path, spec.lora, device, dtype)
     load_s = time.perf_counter() - t0
     examples = format_examples(spec, tokenizer, rows, spec.train.max_seq_len, spec.train.seed)
     trainer = make_trainer(model, tokenizer, examples, spec.train, out_dir / "run", device, dtype)
@@ -96,5 +106,6 @@ def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path
     return {"seconds": seconds, "load_seconds": load_s, "examples": len(examples),
             "tokens": sum(len(e["input_ids"]) for e in examples), "final_loss": log[-1] if log else None,
             "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
-                     "target_modules": spec.lora.module_names(), "layers": "all", "use_dora": False,
+                     "target_modules": spec.lora.module_names(), "layers": spec.lora.layers or "all", "use_dora": spec.lora.use_dora,
+                     "compute_dtype": str(dtype).replace("torch.", ""),
                      "gradient_checkpointing": True, "loss_on": "all tokens", "batching": "padded"}}

@@ -87,31 +87,36 @@ def render(r: dict) -> str:
 def _train_lines(train: dict) -> list[str]:
     if not train:
         return []
-    out = ["training        recipe      examples/s  tokens/s  peak RSS MB  metric           LoRA"]
+    out = ["training        recipe          examples/s  tokens/s  peak RSS MB  metric           LoRA"]
     for task, t in train.items():
-        for recipe in ("ours", "reference"):
+        for recipe in ("ours", "reference", "reference_same_dtype"):
+            if recipe not in t:
+                continue
             x = t[recipe]
             metric = x.get("metric", {})
             gpu = f" (GPU peak {x['gpu']['peak_mb']} MB)" if x.get("gpu") else ""
             lora = x["lora"]
-            score = f"{metric.get('name', '?')}={metric.get('value', float('nan')):.3g}"
-            out.append(f"  {task:<13} {recipe:<11} {x['examples_per_s']:>10.2f} {x['tokens_per_s']:>9.1f} "
-                       f"{x['peak_rss_mb']:>12.0f}  {score:<16} r={lora['r']} layers={lora['layers']} "
-                       f"{lora['loss_on']}, {lora['batching']}{gpu}")
-        out.append(f"  {task:<13} speedup {t['speedup']}x examples/s")
+            score = f"{metric['name']}={metric['value']:.3g}" if metric else "not scored"
+            out.append(f"  {task:<13} {recipe.replace('_same_dtype', ' (=dtype)'):<15} {x['examples_per_s']:>10.2f} "
+                       f"{x['tokens_per_s']:>9.1f} {x['peak_rss_mb']:>12.0f}  {score:<16} r={lora['r']} "
+                       f"layers={lora['layers']} {lora.get('compute_dtype', '?')}, {lora['loss_on']}, "
+                       f"{lora['batching']}{gpu}")
+        same = f"; {t['speedup_same_dtype']}x over the reference in our dtype" if "speedup_same_dtype" in t else ""
+        out.append(f"  {task:<13} speedup {t['speedup']}x examples/s{same}")
     return out + [""]
 
 
 def _inference_lines(inf: dict | None) -> list[str]:
     if not inf:
         return []
-    lines = ["inference"]
-    for key, what in (("eval_style", "eval-style (qa)"), ("long_answers", "long answers (dialogues)")):
-        x = inf[key]
+    ev = inf["eval_style"]
+    lines = ["inference", f"  eval-style generation, all tasks: batched {ev['batched_tokens_per_s']} tok/s, one at a "
+                          f"time {ev['one_at_a_time_tokens_per_s']} tok/s -> {ev['speedup']}x"]
+    for task, x in ev["tasks"].items():
         b, s = x["batched"], x["one_at_a_time"]
-        lines.append(f"  {what}, batch {b['batch_size']}: {b['tokens_per_s']} tok/s, {b['examples_per_s']} ex/s; "
-                     f"one at a time: {s['tokens_per_s']} tok/s, {s['examples_per_s']} ex/s -> {x['speedup']}x "
-                     f"(same answers {x['same_answers']})")
+        lines.append(f"    {task} ({x['adapter']}, <= {x['max_new_tokens']} new tokens), batch {b['batch_size']}: "
+                     f"{b['tokens_per_s']} tok/s, {b['examples_per_s']} ex/s; one at a time: {s['tokens_per_s']} "
+                     f"tok/s, {s['examples_per_s']} ex/s -> {x['speedup']}x (same answers {x['same_answers']})")
     one, mix = inf["mixed"]["single_adapter"], inf["mixed"]["mixed_adapters"]
     lines += [f"  one adapter: {one['examples_per_s']} ex/s, {one['tokens_per_s']} tok/s; mixed over "
               f"{len(mix['adapters'])} adapters: {mix['examples_per_s']} ex/s, {mix['tokens_per_s']} tok/s -> "
