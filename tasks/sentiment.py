@@ -21,7 +21,9 @@ SPEC = register(TaskSpec(
         "Sentiment analysis. Text: {sentence}\nLabel (positive/negative):",
     ),
     max_new_tokens=3,
-    lora=LoraSettings(r=16, alpha=32),
+    # the top 20 of 30 layers: 0.875 accuracy like all 30 (200 validation rows), backward stops 10 layers
+    # early (~20% faster training) and the adapter is a third smaller
+    lora=LoraSettings(r=16, alpha=32, layers=20),
     # ~60-token examples: rows of 128 tokens (two examples) spend less on masked-out attention than rows of 512
     train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=800, row_tokens=128),
     ood={"dataset": "uci_sentiment", "split": "test"},

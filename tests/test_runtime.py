@@ -73,3 +73,21 @@ def test_nf4_base_is_shared_between_calls(tiny_base_dir):
     b = load_base(str(tiny_base_dir), quant=True)
     assert a is b and a.quantized
     assert any("4bit" in type(m).__name__ for m in a.model.modules())
+
+
+def test_loaded_adapters_hold_their_saved_weights_and_share_one_identity(tiny_zoo, tiny_base_dir):
+    from safetensors.torch import load_file
+
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    rt.load_adapter("a0"), rt.load_adapter("a1")
+    saved = load_file(tiny_zoo.adapter_dir("a1") / "adapter_model.safetensors")
+    live = {k: p for k, p in rt.model.named_parameters() if ".a1." in k}
+    assert len(live) == len(saved) > 0
+    for key, tensor in saved.items():  # loaded without a random init first, then kept in the compute dtype
+        param = live[key.replace(".weight", ".a1.weight")]
+        assert param.dtype == rt.loaded.compute_dtype and torch.equal(param, tensor.to(param.dtype))
+    identities = {id(m.lora_dropout[n]) for m in rt.model.modules() if hasattr(m, "lora_dropout")
+                  for n in ("a0", "a1")}
+    assert len(identities) == 1 and isinstance(rt.model.get_submodule(
+        next(k for k, m in rt.model.named_modules() if k.endswith("lora_dropout.a0"))), torch.nn.Identity)
+    rt.close()
