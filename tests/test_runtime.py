@@ -91,3 +91,14 @@ def test_loaded_adapters_hold_their_saved_weights_and_share_one_identity(tiny_zo
     assert len(identities) == 1 and isinstance(rt.model.get_submodule(
         next(k for k, m in rt.model.named_modules() if k.endswith("lora_dropout.a0"))), torch.nn.Identity)
     rt.close()
+
+
+def test_a_batch_is_prefilled_prompt_by_prompt_into_one_left_padded_cache(tiny_zoo, tiny_base_dir):
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    rt.load_adapter("a0")
+    with torch.inference_mode():
+        cache = rt._prefill_each([[5, 6, 7], [8, 9, 10, 11, 12]], ["a0", "none"])
+    keys = cache.layers[0].keys
+    assert keys.shape[0] == 2 and keys.shape[-2] == 4  # every prompt but its last token, padded to the longest
+    assert keys[0, :, :2].abs().sum() == 0 and keys[0, :, 2:].abs().sum() > 0 and keys[1].abs().sum() > 0
+    rt.close()

@@ -2,6 +2,7 @@
 
 Adapters are loaded into one `PeftModel` by name; switching costs no reload. A batch whose prompts go to
 different adapters runs as one forward pass per step (PEFT's `adapter_names`), not one adapter at a time.
+A batch's prompts are prefilled one by one (no pad tokens) and then decoded together.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def shared_identity():
     import torch
 
     return torch.nn.Identity()
+
+
+def _decoder(model):
+    """The transformer stack without the LM head (LoRA layers live in place, so the active adapter applies)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm.get_decoder()
 
 
 class Runtime:
@@ -120,8 +127,15 @@ class Runtime:
         except (OSError, AttributeError):  # not glibc: nothing to trim
             pass
 
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Give the shared base back without LoRA layers (e.g. before training in the same process)."""
+        """Give the shared base back without LoRA layers. The base is cached per process: a runtime left open
+        would leave its adapters active under the next runtime's "plain base" (or under training)."""
         with self.lock:
             if self.model is not None:
                 self.model.unload()
@@ -210,21 +224,63 @@ class Runtime:
                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            cache = self._prefill_each(ids, names) if len(ids) > 1 else None
+            if cache is not None:
+                kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
             gen = self._generate_with(names, kwargs)
         return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
 
+    def _prefill_each(self, ids: list[list[int]], names: list[str]):
+        """The KV cache of every prompt but its last token, computed one prompt at a time and laid out as one
+        left-padded batch cache (None where the model's cache is not the plain dynamic kind).
+
+        A padded prefill spends compute and attention on pad tokens: 16 dialogues of 124-582 tokens took 12.4 s
+        as one padded batch and 5.9 s one by one on 2 CPU cores. Pad slots of the cache stay zero; the
+        attention mask hides them, as it hides the pad tokens of a padded prefill."""
+        import torch
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        if min(len(x) for x in ids) < 2:
+            return None
+        caches = []
+        for x, name in zip(ids, names):
+            prefix = torch.tensor([x[:-1]], device=self.loaded.device)
+            out = self._with_adapters([name], lambda model, extra: _decoder(model)(  # no logits needed
+                input_ids=prefix, use_cache=True))
+            layers = getattr(out.past_key_values, "layers", None)
+            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+                return None
+            caches.append(layers)
+        width = max(len(x) for x in ids) - 1
+        batched = []
+        for per_prompt in zip(*caches):  # one model layer, every prompt
+            keys = per_prompt[0].keys.new_zeros(len(ids), *per_prompt[0].keys.shape[1:2], width,
+                                                per_prompt[0].keys.shape[-1])
+            values = keys.clone()
+            for row, layer in enumerate(per_prompt):
+                keys[row, :, width - layer.keys.shape[-2]:] = layer.keys[0]
+                values[row, :, width - layer.values.shape[-2]:] = layer.values[0]
+            batched.append((keys, values))
+        return DynamicCache(ddp_cache_data=batched)
+
     def _generate_with(self, names: list[str], kwargs: dict):
+        return self._with_adapters(names, lambda model, extra: model.generate(**kwargs, **extra))
+
+    def _with_adapters(self, names: list[str], call):
+        """`call(model, extra_kwargs)` with the adapters of `names` active: the plain base, one adapter, or one
+        adapter per row (PEFT's `adapter_names`)."""
         model = self.model
         if model is None:  # no adapter loaded at all: plain base
-            return self.loaded.model.generate(**kwargs)
+            return call(self.loaded.model, {})
         uniq = set(names)
         if uniq == {NONE}:
             with model.disable_adapter():
-                return model.generate(**kwargs)
+                return call(model, {})
         if len(uniq) == 1:
             model.set_adapter(names[0])
-            return model.generate(**kwargs)
-        return model.generate(**kwargs, adapter_names=[BASE_ADAPTER if n == NONE else n for n in names])
+            return call(model, {})
+        return call(model, {"adapter_names": [BASE_ADAPTER if n == NONE else n for n in names]})
 
     def stream(self, prompt: str, adapter: str = NONE, max_new_tokens: int | None = None):
         """Yield the answer to one prompt as it grows (same greedy decoding as `generate`), for live display.

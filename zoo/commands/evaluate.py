@@ -47,14 +47,14 @@ def per_task(zoo, names, args) -> int:
     from zoo.reports import read_loss_log, write_task_report
     from zoo.runtime import Runtime
 
-    runtime = Runtime(zoo)
     results = []
-    for name in names:
-        spec = get_task(zoo.get(name)["task"])
-        result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed)
-        write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
-        zoo.set_metrics(name, "eval", summary(result))
-        results.append(summary(result))
+    with Runtime(zoo) as runtime:
+        for name in names:
+            spec = get_task(zoo.get(name)["task"])
+            result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed)
+            write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
+            zoo.set_metrics(name, "eval", summary(result))
+            results.append(summary(result))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -70,13 +70,13 @@ def cross_task(zoo, names, args) -> int:
     from zoo.runtime import Runtime
 
     specs = list(all_tasks().values()) if args.tasks == ["all"] else [get_task(t) for t in args.tasks]
-    runtime = Runtime(zoo)
     results = []
-    for name in names:
-        scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir,
-                                                   seed=args.seed) for s in specs}
-        results.append({"name": name, "n": args.n, "tasks": scores})
-        zoo.set_metrics(name, "tasks", scores)
+    with Runtime(zoo) as runtime:
+        for name in names:
+            scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir,
+                                                       seed=args.seed) for s in specs}
+            results.append({"name": name, "n": args.n, "tasks": scores})
+            zoo.set_metrics(name, "tasks", scores)
     if any(zoo.get(n).get("kind") == "combined" for n in names):
         from zoo.combine import rows_from_manifest, write_combination_report
 

@@ -31,9 +31,9 @@ def run(args) -> int:
         zoo.get(args.adapter)  # unknown names fail before the model loads
     if args.adapter == "auto" and not (zoo.router_dir / "router.json").exists():
         raise ZooError(f"{zoo.root} has no router: run `zoo route --train`, or choose with --adapter NAME|none")
-    runtime = Runtime(zoo, base=args.base)
-    results = runtime.generate(prompts, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size)
+    with Runtime(zoo, base=args.base) as runtime:
+        results = runtime.generate(prompts, adapter=args.adapter, max_new_tokens=args.max_new_tokens,
+                                   batch_size=args.batch_size)
     for r in results:
         route = r.get("route", r["adapter"])
         if args.json:
