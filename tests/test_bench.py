@@ -156,3 +156,32 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(tiny_base_dir, d
     assert r["errors"] == {"router": "RuntimeError: router exploded"}
     assert r["rss_10_over_1"] > 0  # memory still ran
     assert [b["pass"] for b in r["bars"] if b["bar"] == "section router ran"] == [False]
+
+
+def test_reference_runs_in_fp32_on_a_cpu_and_again_in_our_dtype_when_asked(monkeypatch, tmp_path):
+    import torch
+
+    import zoo.base
+    import zoo.bench as bench
+    from zoo.bench_reference import reference_dtype
+
+    assert reference_dtype("cpu") == torch.float32
+    monkeypatch.setattr(zoo.base, "pick_compute_dtype", lambda device: torch.bfloat16)  # a CPU with AVX512-BF16
+    assert reference_dtype("cpu", match_ours=True) == torch.bfloat16
+    jobs = []
+
+    def fake_worker(job, isolate=True):
+        jobs.append(job)
+        return {"examples_per_s": {"train-ours": 6.0}.get(job["kind"], 3.0 if job["match_dtype"] else 2.0),
+                "tokens_per_s": 1.0, "train_seconds": 1.0, "peak_rss_mb": 1.0}
+
+    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    out = {}
+    bench.bench_training(bench.config_for("tiny", tasks=("sentiment",), reference_same_dtype=True), tmp_path,
+                         "cpu", out)
+    assert [(j["kind"], j["match_dtype"]) for j in jobs] == [
+        ("train-ours", False), ("train-reference", False), ("train-reference", True)]
+    assert out["sentiment"]["speedup"] == 3.0 and out["sentiment"]["speedup_same_dtype"] == 2.0
+    jobs.clear()
+    bench.bench_training(bench.config_for("tiny", tasks=("sentiment",)), tmp_path, "cpu", {})
+    assert len(jobs) == 2  # quick and tiny runs leave the extra run out

@@ -87,7 +87,7 @@ def render(r: dict) -> str:
 def _train_lines(train: dict) -> list[str]:
     if not train:
         return []
-    out = ["training        recipe          examples/s  tokens/s  peak RSS MB  metric           LoRA"]
+    out = ["training        recipe              examples/s  tokens/s  peak RSS MB  metric           LoRA"]
     for task, t in train.items():
         for recipe in ("ours", "reference", "reference_same_dtype"):
             if recipe not in t:
@@ -97,7 +97,7 @@ def _train_lines(train: dict) -> list[str]:
             gpu = f" (GPU peak {x['gpu']['peak_mb']} MB)" if x.get("gpu") else ""
             lora = x["lora"]
             score = f"{metric['name']}={metric['value']:.3g}" if metric else "not scored"
-            out.append(f"  {task:<13} {recipe.replace('_same_dtype', ' (=dtype)'):<15} {x['examples_per_s']:>10.2f} "
+            out.append(f"  {task:<13} {recipe.replace('_same_dtype', ' (=dtype)'):<19} {x['examples_per_s']:>10.2f} "
                        f"{x['tokens_per_s']:>9.1f} {x['peak_rss_mb']:>12.0f}  {score:<16} r={lora['r']} "
                        f"layers={lora['layers']} {lora.get('compute_dtype', '?')}, {lora['loss_on']}, "
                        f"{lora['batching']}{gpu}")
