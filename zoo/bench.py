@@ -43,7 +43,7 @@ class BenchConfig:
     eval_n: int = 40  # validation rows scored per trained adapter
     gen_prompts: int = 24  # prompts per task for batched vs one at a time
     gen_batch: int = 16
-    gen_new_tokens: int | None = None  # None: the qa task's own answer budget
+    gen_new_tokens: int | None = None  # None: each task's own answer budget
     mixed_prompts: int = 32
     mixed_new_tokens: int = 32
     adapters_total: int = 10  # adapters loaded for the RSS measure

@@ -106,6 +106,6 @@ def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path
     return {"seconds": seconds, "load_seconds": load_s, "examples": len(examples),
             "tokens": sum(len(e["input_ids"]) for e in examples), "final_loss": log[-1] if log else None,
             "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
-                     "target_modules": spec.lora.module_names(), "layers": spec.lora.layers or "all", "use_dora": spec.lora.use_dora,
-                     "compute_dtype": str(dtype).replace("torch.", ""),
+                     "target_modules": spec.lora.module_names(), "layers": spec.lora.layers or "all",
+                     "use_dora": spec.lora.use_dora, "compute_dtype": str(dtype).replace("torch.", ""),
                      "gradient_checkpointing": True, "loss_on": "all tokens", "batching": "padded"}}

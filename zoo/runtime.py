@@ -2,7 +2,7 @@
 
 Adapters are loaded into one `PeftModel` by name; switching costs no reload. A batch whose prompts go to
 different adapters runs as one forward pass per step (PEFT's `adapter_names`), not one adapter at a time.
-A batch's prompts are prefilled one by one (no pad tokens) and then decoded together.
+On a CPU, a batch's prompts are prefilled one by one (no pad tokens) and then decoded together.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ class Runtime:
                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cache = self._prefill_each(ids, names) if len(ids) > 1 else None
+            cache = self._prefill_each(ids, names) if len(ids) > 1 and self.loaded.device == "cpu" else None
             if cache is not None:
                 kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
             gen = self._generate_with(names, kwargs)
@@ -234,9 +234,10 @@ class Runtime:
         """The KV cache of every prompt but its last token, computed one prompt at a time and laid out as one
         left-padded batch cache (None where the model's cache is not the plain dynamic kind).
 
-        A padded prefill spends compute and attention on pad tokens: 16 dialogues of 124-582 tokens took 12.4 s
-        as one padded batch and 5.9 s one by one on 2 CPU cores. Pad slots of the cache stay zero; the
-        attention mask hides them, as it hides the pad tokens of a padded prefill."""
+        For CPUs, where one prompt already keeps the cores busy and a padded prefill spends compute and attention
+        on pad tokens: 16 dialogues of 124-582 tokens took 12.4 s as one padded batch and 5.6-5.9 s one by one
+        on 2 cores. (A GPU wants the whole batch at once.) Pad slots of the cache stay zero; the attention mask
+        hides them, as it hides the pad tokens of a padded prefill."""
         import torch
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
@@ -255,8 +256,8 @@ class Runtime:
         width = max(len(x) for x in ids) - 1
         batched = []
         for per_prompt in zip(*caches):  # one model layer, every prompt
-            keys = per_prompt[0].keys.new_zeros(len(ids), *per_prompt[0].keys.shape[1:2], width,
-                                                per_prompt[0].keys.shape[-1])
+            first = per_prompt[0].keys  # (1, kv heads, prompt length - 1, head dim)
+            keys = first.new_zeros(len(ids), first.shape[1], width, first.shape[-1])
             values = keys.clone()
             for row, layer in enumerate(per_prompt):
                 keys[row, :, width - layer.keys.shape[-2]:] = layer.keys[0]
