@@ -244,6 +244,12 @@ def _load(ref: BaseRef, quant: bool, device: str) -> LoadedBase:
     return LoadedBase(model, tok, ref, quant, dtype, device)
 
 
+def unwrap_peft(model):
+    """The transformers model under a PeftModel. LoRA layers live in place, so calling its parts (the decoder
+    alone, say) still runs the active adapter."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def check_same_base(entry: dict, ref: BaseRef) -> None:
     """Refuse an adapter trained on another base: its deltas would be applied to the wrong weights."""
     trained = entry.get("base", {})
@@ -254,4 +260,5 @@ def check_same_base(entry: dict, ref: BaseRef) -> None:
         )
 
 
-__all__ = ["DEFAULT_BASE", "BaseRef", "LoadedBase", "resolve_base", "load_base", "check_same_base", "check_name"]
+__all__ = ["DEFAULT_BASE", "BaseRef", "LoadedBase", "resolve_base", "load_base", "check_same_base", "check_name",
+           "unwrap_peft"]

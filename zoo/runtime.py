@@ -11,7 +11,7 @@ import functools
 import threading
 import warnings
 
-from zoo.base import DEFAULT_BASE, check_same_base, load_base
+from zoo.base import DEFAULT_BASE, check_same_base, load_base, unwrap_peft
 from zoo.errors import ZooError
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo
@@ -27,12 +27,6 @@ def shared_identity():
     import torch
 
     return torch.nn.Identity()
-
-
-def _decoder(model):
-    """The transformer stack without the LM head (LoRA layers live in place, so the active adapter applies)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return lm.get_decoder()
 
 
 class Runtime:
@@ -247,8 +241,8 @@ class Runtime:
         caches = []
         for x, name in zip(ids, names):
             prefix = torch.tensor([x[:-1]], device=self.loaded.device)
-            out = self._with_adapters([name], lambda model, extra: _decoder(model)(  # no logits needed
-                input_ids=prefix, use_cache=True))
+            out = self._with_adapters([name], lambda model, extra: unwrap_peft(model).get_decoder()(
+                input_ids=prefix, use_cache=True))  # the decoder alone: no logits are needed for a prefix
             layers = getattr(out.past_key_values, "layers", None)
             if not layers or any(type(layer) is not DynamicLayer for layer in layers):
                 return None

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from zoo.base import unwrap_peft
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, replace_dir
 from zoo.prompting import target_ids, task_prompt_ids
@@ -101,7 +102,7 @@ def answer_loss(model, inputs: dict):
     """Mean cross-entropy over answer tokens; the LM head runs only at the positions that predict them."""
     import torch.nn.functional as F
 
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers live in place
+    lm = unwrap_peft(model)
     hidden = lm.get_decoder()(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
                               use_cache=False).last_hidden_state
     logits = lm.get_output_embeddings()(hidden[inputs["rows"], inputs["cols"]]).float()
