@@ -97,8 +97,9 @@ def test_a_batch_is_prefilled_prompt_by_prompt_into_one_left_padded_cache(tiny_z
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
     rt.load_adapter("a0")
     with torch.inference_mode():
-        cache = rt._prefill_each([[5, 6, 7], [8, 9, 10, 11, 12]], ["a0", "none"])
+        cache = rt._prefill_each([[5, 6, 7], [8, 9, 10, 11, 12]], ["a0", "none"], max_new_tokens=3)
     keys = cache.layers[0].keys
     assert keys.shape[0] == 2 and keys.shape[-2] == 4  # every prompt but its last token, padded to the longest
+    assert cache.layers[0]._keys.shape[-2] == 4 + 3 + 1  # room for the last prompt token and the answer
     assert keys[0, :, :2].abs().sum() == 0 and keys[0, :, 2:].abs().sum() > 0 and keys[1].abs().sum() > 0
     rt.close()

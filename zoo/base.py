@@ -17,6 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zoo.attention import use_for_cpu_decoding
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name, file_lock
 
@@ -238,6 +239,7 @@ def _load(ref: BaseRef, quant: bool, device: str) -> LoadedBase:
         model.to(device)
     model.eval()
     model.requires_grad_(False)
+    use_for_cpu_decoding(model)
     tok = AutoTokenizer.from_pretrained(ref.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -12,6 +12,7 @@ import threading
 import warnings
 
 from zoo.base import DEFAULT_BASE, check_same_base, load_base, unwrap_peft
+from zoo.dense import use_dense_weights
 from zoo.errors import ZooError
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo
@@ -36,6 +37,7 @@ class Runtime:
         entries = self.zoo.entries() if self.zoo.manifest_path.exists() else {}
         base = base or next((e["base"]["id"] for e in entries.values() if e.get("base")), DEFAULT_BASE)
         self.loaded = load_base(base, quant=quant, device=device)
+        self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.dense)
         self.tokenizer = self.loaded.tokenizer
         self.model = None  # becomes a PeftModel with the first adapter
         self.lock = threading.RLock()  # generation and adapter changes are serialized on the shared model
@@ -218,46 +220,42 @@ class Runtime:
                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cache = self._prefill_each(ids, names) if len(ids) > 1 and self.loaded.device == "cpu" else None
+            cache = self._prefill_each(ids, names, max_new_tokens) if len(ids) > 1 and self.loaded.device == "cpu" else None
             if cache is not None:
                 kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
             gen = self._generate_with(names, kwargs)
         return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
 
-    def _prefill_each(self, ids: list[list[int]], names: list[str]):
-        """The KV cache of every prompt but its last token, computed one prompt at a time and laid out as one
-        left-padded batch cache (None where the model's cache is not the plain dynamic kind).
+    def _prefill_each(self, ids: list[list[int]], names: list[str], max_new_tokens: int):
+        """The KV cache of every prompt but its last token as one left-padded batch cache, computed without pad
+        tokens: per adapter, the prompts' shared prefix once and their remainders packed (`zoo.prefill`).
 
-        For CPUs, where one prompt already keeps the cores busy and a padded prefill spends compute and attention
-        on pad tokens: 16 dialogues of 124-582 tokens took 12.4 s as one padded batch and 5.6-5.9 s one by one
-        on 2 cores. (A GPU wants the whole batch at once.) Pad slots of the cache stay zero; the attention mask
-        hides them, as it hides the pad tokens of a padded prefill."""
-        import torch
+        For CPUs, where a padded prefill spends compute and attention on pad tokens: 16 dialogues of 124-582
+        tokens took 12.4 s as one padded batch and 5.6-5.9 s one by one on 2 cores. (A GPU wants the whole batch
+        at once.)"""
+        from zoo.kvcache import left_padded_cache
+        from zoo.prefill import prefill_rows
+
+        if min(len(x) for x in ids) < 2 or not self._plain_dynamic_cache:
+            return None
+        rows: list = [None] * len(ids)
+        for name in dict.fromkeys(names):
+            group = [i for i, n in enumerate(names) if n == name]
+            got = self._with_adapters([name], lambda model, extra: prefill_rows(
+                unwrap_peft(model).get_decoder(), [ids[i][:-1] for i in group], self.loaded.device))
+            for i, row in zip(group, got):
+                rows[i] = row
+        return left_padded_cache(rows, room=max_new_tokens + 1)
+
+    @functools.cached_property
+    def _plain_dynamic_cache(self) -> bool:
+        """Whether the model's cache is the plain per-layer kind that `left_padded_cache` lays out (no sliding
+        windows, no linear attention)."""
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        if min(len(x) for x in ids) < 2:
-            return None
-        caches = []
-        for x, name in zip(ids, names):
-            prefix = torch.tensor([x[:-1]], device=self.loaded.device)
-            out = self._with_adapters([name], lambda model, extra: unwrap_peft(model).get_decoder()(
-                input_ids=prefix, use_cache=True))  # the decoder alone: no logits are needed for a prefix
-            layers = getattr(out.past_key_values, "layers", None)
-            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-                return None
-            caches.append(layers)
-        width = max(len(x) for x in ids) - 1
-        batched = []
-        for per_prompt in zip(*caches):  # one model layer, every prompt
-            first = per_prompt[0].keys  # (1, kv heads, prompt length - 1, head dim)
-            keys = first.new_zeros(len(ids), first.shape[1], width, first.shape[-1])
-            values = keys.clone()
-            for row, layer in enumerate(per_prompt):
-                keys[row, :, width - layer.keys.shape[-2]:] = layer.keys[0]
-                values[row, :, width - layer.values.shape[-2]:] = layer.values[0]
-            batched.append((keys, values))
-        return DynamicCache(ddp_cache_data=batched)
+        layers = DynamicCache(config=self.loaded.model.config).layers
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _generate_with(self, names: list[str], kwargs: dict):
         return self._with_adapters(names, lambda model, extra: model.generate(**kwargs, **extra))

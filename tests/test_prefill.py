@@ -1,0 +1,46 @@
+"""Batch prefill without pad tokens: a shared prefix once, remainders packed, same keys/values as one by one."""
+
+import torch
+
+from zoo.prefill import pack, packed_inputs, prefill_rows, shared_prefix
+
+
+def test_shared_prefix_leaves_every_sequence_a_token_and_skips_short_ones():
+    assert shared_prefix([list(range(20)) + [1], list(range(20)) + [2, 3]]) == 20
+    assert shared_prefix([list(range(10)), list(range(12))]) == 9  # the shorter keeps its last token
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5]]) == 0  # under MIN_SHARED
+    assert shared_prefix([list(range(30))]) == 0
+
+
+def test_pack_fills_passes_in_order_and_gives_a_long_one_its_own():
+    assert pack([100, 100, 100, 300, 10], budget=256) == [[0, 1], [2], [3], [4]]
+    assert pack([]) == []
+
+
+def test_packed_inputs_restart_positions_and_mask_pieces_from_each_other():
+    ids, positions, mask = packed_inputs([[7, 8], [9, 10, 11]], start=3)
+    assert ids.tolist() == [[7, 8, 9, 10, 11]] and positions.tolist() == [[3, 4, 3, 4, 5]]
+    assert mask.shape == (1, 1, 5, 8) and mask[0, 0, :, :3].all()
+    assert mask[0, 0, 3, 3:].tolist() == [False, False, True, True, False]  # piece 2, token 2: itself, no piece 1
+    assert mask[0, 0, 1, 3:].tolist() == [True, True, False, False, False]
+
+
+def _alone(model, seq):
+    with torch.inference_mode():
+        out = model.model(input_ids=torch.tensor([seq]), use_cache=True)
+    return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+
+def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir).eval()
+    prefix = list(range(3, 15))
+    seqs = [prefix + [20, 21], prefix + [22, 23, 24, 25, 26], prefix + [27], prefix + list(range(30, 90))]
+    with torch.inference_mode():
+        rows = prefill_rows(model.model, seqs)
+    for seq, row in zip(seqs, rows):
+        for (keys, values), (want_k, want_v) in zip(row, _alone(model, seq)):
+            assert keys.shape == want_k.shape == (1, want_k.shape[1], len(seq), want_k.shape[-1])
+            torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,98 @@
+"""Prefill a batch of prompts on a CPU: the prefix they share computed once, the rest packed without pad tokens.
+
+Prompts of one task share their chat template and instruction (41 of a sentiment prompt's ~71 tokens here), and on
+2 CPU cores a forward pass costs ~50 ms before the first token (7.9 ms/token for 8 tokens, 1.3 ms/token from 128 on,
+measured on SmolLM2-135M NF4 with an adapter). So the shared prefix runs once, and the remainders run several to a
+pass, back to back in one row: each restarts its positions after the prefix and, through a block mask, sees the
+prefix and itself only. The result is one key/value pair per model layer per prompt, as if each ran alone.
+"""
+
+from __future__ import annotations
+
+PACK_TOKENS = 256  # remainders per pass, in tokens: past ~128 tokens a pass costs the same per token
+MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
+
+
+def shared_prefix(seqs: list[list[int]]) -> int:
+    """Length of the prefix common to all `seqs` that leaves each at least one token of its own (0 for a single
+    sequence, or when too short to be worth a pass)."""
+    if len(seqs) < 2:
+        return 0
+    length = 0
+    for column in zip(*seqs):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    length = min(length, min(len(s) for s in seqs) - 1)
+    return length if length >= MIN_SHARED else 0
+
+
+def pack(lengths: list[int], budget: int = PACK_TOKENS) -> list[list[int]]:
+    """Indices of `lengths` in passes of at most `budget` tokens, in order (a longer one gets a pass alone)."""
+    passes, current, used = [], [], 0
+    for i, n in enumerate(lengths):
+        if current and used + n > budget:
+            passes.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        passes.append(current)
+    return passes
+
+
+def packed_inputs(pieces: list[list[int]], start: int, device=None):
+    """One row of `pieces` back to back: input ids, positions restarting at `start` for each piece, and a boolean
+    (1, 1, tokens, start + tokens) mask where each token sees the `start` cached tokens and its own piece causally."""
+    import torch
+
+    ids = torch.tensor([[t for piece in pieces for t in piece]], device=device)
+    positions = torch.cat([torch.arange(start, start + len(p), device=device) for p in pieces])[None]
+    piece_of = torch.cat([torch.full((len(p),), i, device=device) for i, p in enumerate(pieces)])
+    total = ids.shape[1]
+    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+    own = causal & (piece_of[:, None] == piece_of[None, :])
+    mask = torch.cat([torch.ones(total, start, dtype=torch.bool, device=device), own], dim=1)
+    return ids, positions, mask[None, None]
+
+
+def prefill_rows(decoder, seqs: list[list[int]], device=None) -> list[list[tuple]]:
+    """Key/value states of every sequence of `seqs`, computed by `decoder` (a transformers decoder: no LM head),
+    one `(keys, values)` of shape (1, kv heads, length, head dim) per model layer per sequence."""
+    from transformers import DynamicCache
+
+    start = shared_prefix(seqs)
+    prefix = None
+    if start:
+        out = decoder(input_ids=_tensor([seqs[0][:start]], device), use_cache=True)
+        prefix = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    rows: list = [None] * len(seqs)
+    rests = [s[start:] for s in seqs]
+    for chunk in pack([len(r) for r in rests]):
+        pieces = [rests[i] for i in chunk]
+        ids, positions, mask = packed_inputs(pieces, start, device)
+        cache = DynamicCache(ddp_cache_data=prefix) if prefix else None
+        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                      use_cache=True)
+        layers = out.past_key_values.layers
+        offset = start
+        for i, piece in zip(chunk, pieces):
+            span = slice(offset, offset + len(piece))
+            rows[i] = [_joined(prefix[n] if prefix else None, layer.keys[:, :, span], layer.values[:, :, span])
+                       for n, layer in enumerate(layers)]
+            offset += len(piece)
+    return rows
+
+
+def _joined(prefix, keys, values) -> tuple:
+    import torch
+
+    if prefix is None:
+        return keys, values
+    return torch.cat([prefix[0], keys], dim=-2), torch.cat([prefix[1], values], dim=-2)
+
+
+def _tensor(data, device):
+    import torch
+
+    return torch.tensor(data, device=device)
