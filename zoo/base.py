@@ -205,7 +205,7 @@ def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device
     """Load a base once per process (NF4 + double quantization by default); later calls share the same object."""
     ref = resolve_base(name)
     device = device or pick_device()
-    key = (str(ref.path), quant, device)
+    key = (str(ref.path), quant, device, str(pick_compute_dtype(device)))  # ZOO_DTYPE may change in-process
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(ref, quant, device)

@@ -41,7 +41,7 @@ class BenchConfig:
     sections: tuple[str, ...] = SECTIONS
     train_examples: int = 48  # per recipe per task
     eval_n: int = 40  # validation rows scored per trained adapter
-    gen_prompts: int = 24  # prompts per task for batched vs one at a time
+    gen_prompts: int = 32  # prompts per task, batched vs one at a time: whole batches, as most of `zoo eval`'s
     gen_batch: int = 16
     gen_new_tokens: int | None = None  # None: each task's own answer budget
     mixed_prompts: int = 32
@@ -300,7 +300,8 @@ def worker_runtime_rss(job: dict) -> dict:
               **adapter_param_bytes(rt, n)} for n in names]
     gpu = gpu_memory(rt.loaded.device)
     rt.close()
-    return {"bare_mb": round(bare / MB, 1), "rss_mb": steps, "adapters": sizes, "gpu": gpu}
+    return {"bare_mb": round(bare / MB, 1), "rss_mb": steps, "adapters": sizes, "gpu": gpu,
+            "dense_weight_mb": round(rt.dense_weight_bytes / MB, 1)}  # in every step above (zoo.dense)
 
 
 WORKERS = {"train-ours": worker_train_ours, "train-reference": worker_train_reference,
@@ -511,7 +512,7 @@ def bench_inference(runtime, cfg: BenchConfig, adapters: list[str]) -> dict:
     return {"eval_style": evals, "mixed": mixed,
             "batched_eval_speedup": evals["speedup"], "mixed_batch_ratio": mixed["ratio"],
             "first_token_ms": first_token_ms(runtime, adapters[0], cfg.latency_reps),
-            "gpu": gpu_memory(runtime.loaded.device)}
+            "dense_weight_mb": round(runtime.dense_weight_bytes / MB, 1), "gpu": gpu_memory(runtime.loaded.device)}
 
 
 def first_token_ms(runtime, adapter: str, reps: int) -> dict:

@@ -134,7 +134,8 @@ def _memory_lines(mem: dict | None) -> list[str]:
     lines = ["memory",
              f"  base resident: NF4 {nf4['base_mb']} MB, fp32 {fp32['base_mb']} MB (over a bare import of "
              f"{nf4['bare_mb']} MB)",
-             f"  runtime RSS with adapters loaded: {counts} -> 10/1 = {mem['rss_10_over_1']}"]
+             f"  runtime RSS with adapters loaded: {counts} -> 10/1 = {mem['rss_10_over_1']}"
+             f" (with {rt.get('dense_weight_mb', 0)} MB of dense weight copies for CPU prefill)"]
     if ad:
         lines.append(f"  one adapter: {ad['disk_bytes'] / 2**20:.1f} MB on disk, {ad['param_bytes'] / 2**20:.1f} MB "
                      f"in memory ({ad['params']:,} parameters)")
