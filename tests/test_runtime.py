@@ -97,7 +97,7 @@ def test_a_batch_is_prefilled_prompt_by_prompt_into_one_left_padded_cache(tiny_z
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
     rt.load_adapter("a0")
     with torch.inference_mode():
-        cache = rt._prefill_each([[5, 6, 7], [8, 9, 10, 11, 12]], ["a0", "none"], max_new_tokens=3)
+        cache = rt._prefill_batch([[5, 6, 7], [8, 9, 10, 11, 12]], ["a0", "none"], max_new_tokens=3)
     keys = cache.layers[0].keys
     assert keys.shape[0] == 2 and keys.shape[-2] == 4  # every prompt but its last token, padded to the longest
     assert cache.layers[0]._keys.shape[-2] == 4 + 3 + 1  # room for the last prompt token and the answer
@@ -114,7 +114,7 @@ def test_batch_cache_gives_each_prompt_the_next_token_logits_it_gets_alone(tiny_
     names = ["a0", "a0", "none"]
     width = max(len(x) for x in ids)
     with torch.inference_mode():
-        cache = rt._prefill_each(ids, names, max_new_tokens=2)
+        cache = rt._prefill_batch(ids, names, max_new_tokens=2)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         step = rt._with_adapters(names, lambda model, extra: model(
             input_ids=torch.tensor([[x[-1]] for x in ids]), attention_mask=mask, past_key_values=cache,

@@ -5,8 +5,9 @@ weights: 55-57 ms per step for 16 rows against 62-63 ms dense), but for a prefil
 layer's seven projections took 6.0 ms in NF4 vs 3.9 ms dense for 220 tokens (2 CPU cores with AVX512-BF16,
 measured). So on a CPU each `Linear4bit` of a serving runtime keeps a dense copy and uses it from `MIN_ROWS` tokens
 on; training, GPUs and short passes keep the NF4 kernel. (On CPUs without that kernel, bitsandbytes dequantizes
-the whole weight on every call, so there the copy serves every pass.) The copies cost 2 bytes per base weight (212 MB for SmolLM2-135M), hence a cap.
-They are made before the first inference pass, after which bitsandbytes repacks its weights for its CPU kernel.
+the whole weight on every call, so there the copy serves every pass.) The copies cost 2 bytes per base weight
+(203 MB for SmolLM2-135M), hence a cap. They are made before the first inference pass, after which bitsandbytes
+repacks its weights for its CPU kernel (and they could no longer be made from it).
 """
 
 from __future__ import annotations

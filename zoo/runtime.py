@@ -2,7 +2,7 @@
 
 Adapters are loaded into one `PeftModel` by name; switching costs no reload. A batch whose prompts go to
 different adapters runs as one forward pass per step (PEFT's `adapter_names`), not one adapter at a time.
-On a CPU, a batch's prompts are prefilled one by one (no pad tokens) and then decoded together.
+On a CPU, a batch is prefilled without pad tokens (shared prefix once, the rest packed) and then decoded together.
 """
 
 from __future__ import annotations
@@ -220,13 +220,15 @@ class Runtime:
                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            cache = self._prefill_each(ids, names, max_new_tokens) if len(ids) > 1 and self.loaded.device == "cpu" else None
+            cache = None
+            if len(ids) > 1 and self.loaded.device == "cpu":
+                cache = self._prefill_batch(ids, names, max_new_tokens)
             if cache is not None:
                 kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
             gen = self._generate_with(names, kwargs)
         return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
 
-    def _prefill_each(self, ids: list[list[int]], names: list[str], max_new_tokens: int):
+    def _prefill_batch(self, ids: list[list[int]], names: list[str], max_new_tokens: int):
         """The KV cache of every prompt but its last token as one left-padded batch cache, computed without pad
         tokens: per adapter, the prompts' shared prefix once and their remainders packed (`zoo.prefill`).
 
