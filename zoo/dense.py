@@ -46,7 +46,8 @@ def _forward(self, x):
     """`Linear4bit.forward`, through the dense copy for CPU inference passes of >= MIN_ROWS tokens."""
     import torch.nn.functional as F
 
-    min_rows = MIN_ROWS if self.support_avx512bf16_for_cpu else 1  # no fused kernel: NF4 dequantizes every call
+    fused = getattr(self, "support_avx512bf16_for_cpu", False)
+    min_rows = MIN_ROWS if fused else 1  # without the fused kernel, NF4 dequantizes the weight on every call
     if self.training or x.device.type != "cpu" or x.numel() < min_rows * x.shape[-1]:
         return type(self).forward(self, x)
     bias = None if self.bias is None else self.bias.to(self._zoo_dense.dtype)

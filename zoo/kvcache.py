@@ -1,4 +1,4 @@
-"""One batch KV cache from prompts prefilled one by one, with room kept for the answers' tokens.
+"""One batch KV cache from prompts prefilled separately, with room kept for the answers' tokens.
 
 transformers' `DynamicLayer` concatenates every decode step's key and value onto the whole cache, copying it: for 16
 rows over 500 tokens that was 22 ms of a 94 ms step on 2 CPU cores (measured). `RoomyLayer` writes the step in place.
