@@ -14,6 +14,7 @@ import warnings
 from zoo.base import DEFAULT_BASE, check_same_base, load_base, unwrap_peft
 from zoo.dense import use_dense_weights
 from zoo.errors import ZooError
+from zoo.lora_mix import use_gated_mixing
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo
 
@@ -82,6 +83,7 @@ class Runtime:
                                             autocast_adapter_dtype=False, low_cpu_mem_usage=True)
             self._cast_adapter(name)
             self._share_identity_dropout(name)
+            use_gated_mixing(self.model)  # mixed-adapter batches without per-adapter gathers (zoo.lora_mix)
             self.model.eval()
 
     def _cast_adapter(self, name: str) -> None:
@@ -189,8 +191,9 @@ class Runtime:
         return spec.max_new_tokens if spec else DEFAULT_MAX_NEW_TOKENS
 
     def generate_ids(self, prompt_ids: list[list[int]], adapters: str | list[str], max_new_tokens: int,
-                     batch_size: int = 8, progress: str | None = None) -> list[str]:
-        """Greedy batched generation with the KV cache; prompts sorted by length so batches pad little."""
+                     batch_size: int = 8, progress: str | None = None, min_new_tokens: int = 0) -> list[str]:
+        """Greedy batched generation with the KV cache; prompts sorted by length so batches pad little.
+        `min_new_tokens` holds off the end-of-text token that long (for timings of a fixed amount of work)."""
         names = [adapters] * len(prompt_ids) if isinstance(adapters, str) else list(adapters)
         for name in set(names) - {NONE}:
             self.load_adapter(name)
@@ -203,20 +206,22 @@ class Runtime:
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 texts = self._generate_chunk([prompt_ids[i] for i in chunk], [names[i] for i in chunk],
-                                             max_new_tokens)
+                                             max_new_tokens, min_new_tokens)
                 for i, t in zip(chunk, texts):
                     out[i] = t
                 bar.update(len(chunk))
         return out
 
-    def _generate_chunk(self, ids: list[list[int]], names: list[str], max_new_tokens: int) -> list[str]:
+    def _generate_chunk(self, ids: list[list[int]], names: list[str], max_new_tokens: int,
+                        min_new_tokens: int = 0) -> list[str]:
         import torch
 
         pad = self.tokenizer.pad_token_id
         width = max(len(x) for x in ids)
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.loaded.device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.loaded.device)
-        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        kwargs = dict(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                      min_new_tokens=min_new_tokens, do_sample=False,
                       pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, use_cache=True)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,0 +1,55 @@
+"""Gated mixed-adapter batches give PEFT's own mixed-batch sums."""
+
+import torch
+from peft import LoraConfig, get_peft_model
+
+from zoo.lora_mix import row_gate, use_gated_mixing
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _two_adapters():
+    torch.manual_seed(0)
+    model = get_peft_model(_Net(), LoraConfig(r=4, lora_alpha=8, target_modules=["proj"], init_lora_weights=False),
+                           adapter_name="a")
+    model.add_adapter("b", LoraConfig(r=2, lora_alpha=6, target_modules=["proj"], init_lora_weights=False))
+    return model.eval()
+
+
+def test_gated_mixing_equals_peft_mixed_batches():
+    model = _two_adapters()
+    layer = model.base_model.model.proj
+    x = torch.randn(5, 3, 12)
+    names = ["a", "__base__", "b", "a", "b"]
+    with torch.inference_mode():
+        want = type(layer)._mixed_batch_forward(layer, x, adapter_names=names)
+        use_gated_mixing(model)
+        assert "_mixed_batch_forward" in vars(layer)
+        got = layer._mixed_batch_forward(x, adapter_names=names)
+        plain = layer.base_layer(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.equal(got[1], plain[1])  # the base row gets no adapter at all
+    assert not torch.allclose(got[0], plain[0]) and not torch.allclose(got[2], plain[2])
+
+
+def test_gated_mixing_leaves_odd_calls_to_peft():
+    model = _two_adapters()
+    use_gated_mixing(model)
+    layer = model.base_model.model.proj
+    x = torch.randn(3, 12)
+    with torch.inference_mode():  # alora offsets: a variant's argument, handled by PEFT's own path
+        got = layer._mixed_batch_forward(x, adapter_names=["a", "b", "a"], alora_offsets=None)
+        want = type(layer)._mixed_batch_forward(layer, x, adapter_names=["a", "b", "a"])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_row_gate_scales_only_its_rows():
+    gate = row_gate(("a", "b", "a"), "a", 2.0, 3, torch.float32, "cpu")
+    assert gate.shape == (3, 1, 1) and gate.flatten().tolist() == [2.0, 0.0, 2.0]
