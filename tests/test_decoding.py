@@ -41,10 +41,10 @@ def test_roomy_layer_writes_into_its_buffer_without_copying_the_cache():
     assert layer._keys is buf[0] and torch.equal(buf[0][:, :, :3], k0) and buf[0][:, :, 4:].abs().sum() == 0
 
 
-def test_roomy_layer_survives_inherited_batch_selection_and_reset():
+def test_roomy_layer_keeps_its_room_through_batch_selection_and_survives_reset():
     k0, v0 = _kv(length=3)
     layer = RoomyLayer(torch.cat([k0, torch.zeros(2, 3, 4, 8)], 2), torch.cat([v0, torch.zeros(2, 3, 4, 8)], 2), 3)
-    layer.batch_select_indices(torch.tensor([1]))  # DynamicLayer's own method: a fresh tensor, not a view
+    layer.batch_select_indices(torch.tensor([1]))  # rows leaving a batch
     k, v = _kv(batch=1, length=1, seed=9)
     got_k, _ = layer.update(k, v)
     assert torch.equal(got_k, torch.cat([k0[1:], k], 2))

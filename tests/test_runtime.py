@@ -123,3 +123,28 @@ def test_batch_cache_gives_each_prompt_the_next_token_logits_it_gets_alone(tiny_
             alone = rt._with_adapters([name], lambda model, extra: model(input_ids=torch.tensor([x]))).logits[0, -1]
             torch.testing.assert_close(step[row], alone, atol=1e-4, rtol=1e-4)
     rt.close()
+
+
+def test_rows_that_end_leave_the_batch_and_the_answers_stay_the_same(tiny_zoo, tiny_base_dir, monkeypatch):
+    import zoo.runtime as runtime_module
+
+    monkeypatch.setenv("ZOO_DTYPE", "fp32")
+    monkeypatch.setattr(runtime_module, "SEGMENT", 2)  # rows leave every 2 tokens
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    prompts = ["hello there", "what is two plus two?", "summarize: a b c", "tell me a story"]
+    names = ["a0", "a1", "a0", "none"]
+    ids = [rt.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+           for p in prompts]
+    ids = [x if isinstance(x, list) else x["input_ids"] for x in ids]
+    full = [rt.generate_ids([x], n, 10, 1)[0] for x, n in zip(ids, names)]
+    tokens = rt.tokenizer(full[0], add_special_tokens=False)["input_ids"]
+    eos = rt.tokenizer.eos_token_id
+    rt.tokenizer.eos_token_id = tokens[len(tokens) // 2]  # a token some answers hold: they end early
+    try:
+        alone = [rt.generate_ids([x], n, 10, 1)[0] for x, n in zip(ids, names)]
+        batched = rt.generate_ids(ids, names, 10, batch_size=4)
+    finally:
+        rt.tokenizer.eos_token_id = eos
+    assert alone[0] != full[0] and alone[0] in full[0]
+    assert batched == alone
+    rt.close()

@@ -40,6 +40,10 @@ class RoomyLayer(DynamicLayer):
         new_values[:, :, :length] = values
         self._use(new_keys, new_values, length)
 
+    def batch_select_indices(self, indices) -> None:
+        """Keep only the rows `indices`, with their spare room (one copy)."""
+        self._use(self._keys[indices], self._values[indices], self.keys.shape[-2])
+
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized or self.keys is None:  # reset
             self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True

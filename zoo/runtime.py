@@ -21,6 +21,7 @@ from zoo.store import Zoo
 NONE = "none"
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in mixed batches
 DEFAULT_MAX_NEW_TOKENS = 128
+SEGMENT = 8  # decode steps between drops of finished rows from a CPU batch
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,10 +229,42 @@ class Runtime:
             cache = None
             if len(ids) > 1 and self.loaded.device == "cpu":
                 cache = self._prefill_batch(ids, names, max_new_tokens)
-            if cache is not None:
-                kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
-            gen = self._generate_with(names, kwargs)
-        return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            if cache is None:
+                gen = self._generate_with(names, kwargs)
+                return self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            kwargs["past_key_values"] = cache  # generate then runs only the last prompt token of each row
+            answers = self._generate_dropping_finished(names, kwargs)
+        return self.tokenizer.batch_decode(answers, skip_special_tokens=True)
+
+    def _generate_dropping_finished(self, names: list[str], kwargs: dict) -> list[list[int]]:
+        """`generate` in segments of `SEGMENT` tokens; rows whose answer has ended leave the batch and its cache
+        in between, so 16 rows do not keep decoding for the longest answer of the batch. Each segment continues
+        from the full token sequences (logits processors see what they would in one call)."""
+        import torch
+
+        eos = kwargs["eos_token_id"]
+        stops = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        ids, mask, cache = kwargs["input_ids"], kwargs["attention_mask"], kwargs["past_key_values"]
+        rows, answers = list(range(ids.shape[0])), [[] for _ in range(ids.shape[0])]
+        done, budget = 0, kwargs["max_new_tokens"]
+        while rows and done < budget:
+            step = min(SEGMENT, budget - done)
+            gen = self._generate_with(names, {**kwargs, "input_ids": ids, "attention_mask": mask,
+                                              "max_new_tokens": step,
+                                              "min_new_tokens": max(0, kwargs["min_new_tokens"] - done)})
+            new = gen[:, ids.shape[1]:].tolist()
+            keep = []
+            for j, tokens in enumerate(new):
+                end = next((k for k, t in enumerate(tokens) if t in stops), None)
+                answers[rows[j]] += tokens if end is None else tokens[:end + 1]  # as generate leaves it
+                if end is None and len(tokens) == step:
+                    keep.append(j)
+            done += step
+            if len(keep) < len(rows) and keep:
+                cache.batch_select_indices(torch.tensor(keep, device=gen.device))
+            mask = torch.cat([mask, mask.new_ones(len(rows), gen.shape[1] - ids.shape[1])], dim=1)[keep]
+            ids, rows, names = gen[keep], [rows[j] for j in keep], [names[j] for j in keep]
+        return answers
 
     def _prefill_batch(self, ids: list[list[int]], names: list[str], max_new_tokens: int):
         """The KV cache of every prompt but its last token as one left-padded batch cache, computed without pad
