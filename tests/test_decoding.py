@@ -44,10 +44,14 @@ def test_roomy_layer_writes_into_its_buffer_without_copying_the_cache():
 def test_roomy_layer_keeps_its_room_through_batch_selection_and_survives_reset():
     k0, v0 = _kv(length=3)
     layer = RoomyLayer(torch.cat([k0, torch.zeros(2, 3, 4, 8)], 2), torch.cat([v0, torch.zeros(2, 3, 4, 8)], 2), 3)
-    layer.batch_select_indices(torch.tensor([1]))  # rows leaving a batch
+    layer.batch_select_indices(torch.tensor([1]))  # a row leaves the batch: the buffer keeps its room
+    assert layer._in_buffer() and layer._keys.shape == (1, 3, 7, 8)
     k, v = _kv(batch=1, length=1, seed=9)
     got_k, _ = layer.update(k, v)
     assert torch.equal(got_k, torch.cat([k0[1:], k], 2))
+    layer.keys = layer.keys.clone()  # an inherited method's own tensor is picked up on the next update
+    got_k, _ = layer.update(k, v)
+    assert torch.equal(got_k, torch.cat([k0[1:], k, k], 2)) and layer._in_buffer()
     layer.reset()
     got_k, _ = layer.update(k, v)
     assert torch.equal(got_k, k)
