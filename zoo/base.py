@@ -205,21 +205,21 @@ def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device
     """Load a base once per process (NF4 + double quantization by default); later calls share the same object."""
     ref = resolve_base(name)
     device = device or pick_device()
-    key = (str(ref.path), quant, device, str(pick_compute_dtype(device)))  # ZOO_DTYPE may change in-process
+    dtype = pick_compute_dtype(device)
+    key = (str(ref.path), quant, device, str(dtype))  # ZOO_DTYPE may change in-process
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _load(ref, quant, device)
+            _CACHE[key] = _load(ref, quant, device, dtype)
         return _CACHE[key]
 
 
-def _load(ref: BaseRef, quant: bool, device: str) -> LoadedBase:
+def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 135M model loads in seconds: no bar on stderr
-    dtype = pick_compute_dtype(device)
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if quant:
         kwargs["quantization_config"] = BitsAndBytesConfig(
