@@ -23,3 +23,16 @@ def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int, **lora) ->
     zoo.put(name, {"name": name, "task": task, "kind": "trained",
                    "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False},
                    "lora": {"r": settings["r"], "alpha": settings["lora_alpha"]}})
+
+
+def memory_levels(release) -> tuple[int, int, int]:
+    """(RSS bytes, live tensors, live Python objects) after `release()`: the tensor count is the exact leak check,
+    RSS only a coarse one (glibc's per-thread arenas step up by tens of MB at random with nothing leaking)."""
+    import gc
+
+    import psutil
+
+    release()
+    objects = gc.get_objects()
+    tensors = sum(isinstance(o, torch.Tensor) for o in objects)
+    return psutil.Process().memory_info().rss, tensors, len(objects)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from demo.examples import EXAMPLES
-from tests.helpers import make_adapter
+from tests.helpers import make_adapter, memory_levels
 from zoo.errors import ZooError
 from zoo.store import Zoo
 
@@ -245,28 +245,33 @@ def test_eight_concurrent_requests_all_answer_correctly(server, expected):
 @pytest.mark.reliability
 def test_fifty_requests_through_the_queue_then_memory_settles(server, runtime, expected):
     """Demo queue under load: 50 requests submitted at once, six times: every one gets its own route and
-    answer, and the server's memory levels off instead of growing burst after burst."""
-    import psutil
+    answer, and nothing piles up burst after burst: no tensor or Python object outlives its request, and the
+    server's memory stays within allocator noise."""
     from gradio_client import Client
 
     client = Client(server, verbose=False)
     prompts = [EXAMPLES[i % len(EXAMPLES)][1] for i in range(50)]
 
-    def burst() -> int:
+    def burst() -> tuple[int, int, int]:
         jobs = [client.submit(p, None, NEW, api_name="/auto") for p in prompts]
         for prompt, job in zip(prompts, jobs):
             line, _, answer, _, base, _ = job.result(timeout=300)
             assert line.split(" ")[0] == expected[prompt]["route"]
             assert (answer, base) == (expected[prompt]["answer"], expected[prompt]["base"])
-        runtime.release_memory()
-        return psutil.Process().memory_info().rss
+        return memory_levels(runtime.release_memory)
 
-    # glibc and Gradio's worker threads settle within a few bursts (seen: 772, 776, 824, 825 MB); a leak
-    # keeps growing with every burst
     levels = [burst() for _ in range(6)]
-    print("demo RSS after each burst of 50, MB:", [round(x / 2**20) for x in levels])
-    assert levels[-1] - levels[-3] < 20 * 2**20, levels
-    assert levels[-1] - levels[0] < 120 * 2**20, levels
+    rss, tensors, objects = zip(*levels)
+    print("demo RSS after each burst of 50, MB:", [round(x / 2**20) for x in rss], "tensors:", tensors,
+          "objects:", objects)
+    # the exact check: a cache, KV cache or request kept alive after its answer shows up here
+    assert tensors[-1] == tensors[0], tensors
+    # Gradio's timers and worker threads come and go (seen: +-500 objects); a leak grows by 50+ per burst
+    assert abs(objects[-1] - objects[1]) < 2000, objects
+    # glibc arenas of ~140 server and client threads step up by tens of MB at random (seen: 797 -> 870 MB over
+    # 14 bursts with no object growing; 1253 -> 1288 MB within one burst in a full run); a leak of one burst's
+    # work per burst is far larger
+    assert rss[-1] - rss[0] < 150 * 2**20, rss
 
 
 @pytest.mark.reliability
