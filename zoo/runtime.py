@@ -14,7 +14,7 @@ import warnings
 from zoo.base import DEFAULT_BASE, check_same_base, load_base, unwrap_peft
 from zoo.dense import use_dense_weights
 from zoo.errors import ZooError
-from zoo.lora_mix import use_gated_mixing
+from zoo.lora_serving import use_serving_forwards
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo
 
@@ -84,7 +84,7 @@ class Runtime:
                                             autocast_adapter_dtype=False, low_cpu_mem_usage=True)
             self._cast_adapter(name)
             self._share_identity_dropout(name)
-            use_gated_mixing(self.model)  # mixed-adapter batches without per-adapter gathers (zoo.lora_mix)
+            use_serving_forwards(self.model)  # fewer tensor ops per LoRA layer (zoo.lora_serving)
             self.model.eval()
 
     def _cast_adapter(self, name: str) -> None:

@@ -1,9 +1,9 @@
-"""Gated mixed-adapter batches give PEFT's own mixed-batch sums."""
+"""The serving forwards of LoRA layers give PEFT's own sums: one adapter in place, mixed batches gated."""
 
 import torch
 from peft import LoraConfig, get_peft_model
 
-from zoo.lora_mix import row_gate, use_gated_mixing
+from zoo.lora_serving import row_gate, serving_forward, use_serving_forwards
 
 
 class _Net(torch.nn.Module):
@@ -30,7 +30,7 @@ def test_gated_mixing_equals_peft_mixed_batches():
     names = ["a", "__base__", "b", "a", "b"]
     with torch.inference_mode():
         want = type(layer)._mixed_batch_forward(layer, x, adapter_names=names)
-        use_gated_mixing(model)
+        use_serving_forwards(model)
         assert "_mixed_batch_forward" in vars(layer)
         got = layer._mixed_batch_forward(x, adapter_names=names)
         plain = layer.base_layer(x)
@@ -41,7 +41,7 @@ def test_gated_mixing_equals_peft_mixed_batches():
 
 def test_gated_mixing_leaves_odd_calls_to_peft():
     model = _two_adapters()
-    use_gated_mixing(model)
+    use_serving_forwards(model)
     layer = model.base_model.model.proj
     x = torch.randn(3, 12)
     with torch.inference_mode():  # alora offsets: a variant's argument, handled by PEFT's own path
@@ -53,3 +53,32 @@ def test_gated_mixing_leaves_odd_calls_to_peft():
 def test_row_gate_scales_only_its_rows():
     gate = row_gate(("a", "b", "a"), "a", 2.0, 3, torch.float32, "cpu")
     assert gate.shape == (3, 1, 1) and gate.flatten().tolist() == [2.0, 0.0, 2.0]
+
+
+def test_one_adapter_in_place_equals_peft():
+    model = _two_adapters()
+    layer = model.base_model.model.proj
+    x = torch.randn(4, 3, 12)
+    for name in ("a", "b"):  # scalings 2 and 3
+        model.set_adapter(name)
+        with torch.inference_mode():
+            want = type(layer).forward(layer, x)
+            got = serving_forward(layer, x)
+            plain = layer.base_layer(x)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(got, plain)
+
+
+def test_one_adapter_path_leaves_training_and_odd_cases_to_peft():
+    model = _two_adapters()
+    use_serving_forwards(model)
+    layer = model.base_model.model.proj
+    assert "forward" in vars(layer)
+    x = torch.randn(2, 12, requires_grad=True)
+    layer(x).sum().backward()  # autograd intact: PEFT's out-of-place forward under grad
+    assert x.grad is not None and layer.lora_A["a"].weight.grad is not None
+    with torch.inference_mode():
+        with model.disable_adapter():
+            torch.testing.assert_close(layer(x), layer.base_layer(x))
+        model.base_model.set_adapter(["a", "b"])  # two active adapters: PEFT sums both
+        torch.testing.assert_close(layer(x), type(layer).forward(layer, x))
