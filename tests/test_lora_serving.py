@@ -1,5 +1,6 @@
 """The serving forwards of LoRA layers give PEFT's own sums: one adapter in place, mixed batches gated."""
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -67,6 +68,35 @@ def test_one_adapter_in_place_equals_peft():
             plain = layer.base_layer(x)
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
         assert not torch.allclose(got, plain)
+
+
+class _LinearDtypes(torch.overrides.TorchFunctionMode):
+    """Records the input dtype of every `F.linear` call made inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.linear:
+            self.dtypes.append(args[0].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("tokens, lora_dtype", [(1, torch.float32), (4, torch.float32), (16, torch.bfloat16)])
+def test_a_few_bf16_tokens_take_the_adapter_in_fp32(tokens, lora_dtype):
+    """Decode-sized bf16 inputs on a CPU: the adapter's two matmuls run in fp32 (faster there), the base layer and
+    longer inputs stay in bf16; the sum is PEFT's within bf16 rounding."""
+    model = _two_adapters().to(torch.bfloat16)
+    layer = model.base_model.model.proj
+    x = torch.randn(tokens, 1, 12).to(torch.bfloat16)
+    with torch.inference_mode():
+        with _LinearDtypes() as seen:
+            got = serving_forward(layer, x)
+        want = type(layer).forward(layer, x)
+    assert seen.dtypes == [torch.bfloat16, lora_dtype, lora_dtype]
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=0.02, rtol=0.02)
 
 
 def test_one_adapter_path_leaves_training_and_odd_cases_to_peft():
