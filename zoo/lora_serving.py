@@ -10,7 +10,7 @@ extra multiply-adds per layer) and a cached 0/s row gate keeps its own rows, in 
 One adapter for the whole batch: PEFT's 4-bit LoRA layer clones the base output (for autograd), scales the
 adapter's full-width output and adds it out of place: three passes over every (tokens x out features) result. Here
 the scaling goes onto the rank-wide intermediate and the sum is added in place (no autograd at serving time), and
-a CPU decode step of a few tokens runs the adapter's matmuls in fp32 (`LOW_PRECISION`).
+a CPU decode step of a few tokens runs the adapter's matmuls in fp32 (`FEW_TOKENS`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from __future__ import annotations
 import functools
 import types
 
-import torch
-
 # A CPU's bf16 matmul costs ~25-45 us even for one token through a rank-16 adapter (oneDNN), fp32's a few us: up to
 # FEW_TOKENS tokens, upcasting the adapter's two small matrices on the fly is 1.5-2x faster per layer (measured on
 # 2 AVX512-BF16 cores; a one-token decode step with an adapter went from 65 to 51 ms, the base alone takes 37 ms);
 # from 8 tokens on bf16 is as fast or faster.
-LOW_PRECISION = (torch.bfloat16, torch.float16)
 FEW_TOKENS = 4
 VARIANT_KWARGS = ("alora_offsets",)  # what PEFT's LoRA forward hands on for variants (peft's VARIANT_KWARG_KEYS)
 
@@ -45,6 +42,7 @@ def use_serving_forwards(peft_model) -> None:
 def serving_forward(self, x, *args, **kwargs):
     """PEFT's LoRA forward for one plain adapter without autograd, in place; anything else (training, mixed
     batches, merged or disabled adapters, variants, dropout, LoRA biases, mixed dtypes) goes to PEFT's own."""
+    import torch
     import torch.nn.functional as F
 
     name = _single_plain_adapter(self, x) if not (args or kwargs or torch.is_grad_enabled()) else None
@@ -52,8 +50,8 @@ def serving_forward(self, x, *args, **kwargs):
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    if x.numel() <= FEW_TOKENS * x.shape[-1] and x.dtype in LOW_PRECISION and x.device.type == "cpu":
-        x, a, b = x.float(), a.float(), b.float()  # see LOW_PRECISION
+    if x.numel() <= FEW_TOKENS * x.shape[-1] and x.element_size() == 2 and x.device.type == "cpu":
+        x, a, b = x.float(), a.float(), b.float()  # bf16 or fp16: see FEW_TOKENS
     low = F.linear(x, a)
     scaling = self.scaling[name]
     if scaling != 1:
@@ -64,6 +62,8 @@ def serving_forward(self, x, *args, **kwargs):
 
 def _single_plain_adapter(layer, x) -> str | None:
     """The name of the one active adapter if `layer` may take the fast path with it, else None."""
+    import torch
+
     if layer.training or layer.disable_adapters or layer.merged:
         return None
     active = [a for a in layer.active_adapters if a in layer.lora_A]
