@@ -93,7 +93,7 @@ def test_loaded_adapters_hold_their_saved_weights_and_share_one_identity(tiny_zo
     rt.close()
 
 
-def test_a_batch_is_prefilled_prompt_by_prompt_into_one_left_padded_cache(tiny_zoo, tiny_base_dir):
+def test_a_batch_is_prefilled_into_one_left_padded_cache_with_room(tiny_zoo, tiny_base_dir):
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
     rt.load_adapter("a0")
     with torch.inference_mode():
