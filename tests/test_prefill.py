@@ -1,8 +1,9 @@
 """Batch prefill without pad tokens: a shared prefix once, remainders packed, same keys/values as one by one."""
 
+import pytest
 import torch
 
-from zoo.prefill import pack, packed_inputs, prefill_rows, shared_prefix
+from zoo.prefill import pack, packed_inputs, piecewise_inputs, prefill_rows, shared_prefix
 
 
 def test_shared_prefix_leaves_every_sequence_a_token_and_skips_short_ones():
@@ -31,10 +32,28 @@ def _alone(model, seq):
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
 
-def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir):
+def test_piecewise_inputs_give_each_piece_its_bounds_and_a_mask_over_the_prefix():
+    from zoo.attention import PIECES
+
+    ids, positions, placeholder, extra = piecewise_inputs([[7, 8], [9, 10, 11], [12, 13]], start=3)
+    assert ids.tolist() == [[7, 8, 9, 10, 11, 12, 13]] and positions.tolist() == [[3, 4, 3, 4, 5, 3, 4]]
+    assert placeholder.shape == (1, 1, 7, 10)
+    bounds = extra[PIECES]
+    assert [(offset, n) for offset, n, _ in bounds] == [(0, 2), (2, 3), (5, 2)]
+    assert bounds[1][2][0, 0].tolist() == [[True] * 4 + [False] * 2, [True] * 5 + [False], [True] * 6]
+    assert bounds[0][2] is bounds[2][2]  # one mask per length
+    assert all(mask is None for _, _, mask in piecewise_inputs([[7, 8], [9]], start=0)[3][PIECES])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "zoo"])  # zoo: one pass, attention piece by piece
+def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir, attention):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir).eval()
+    from zoo.attention import use_for_cpu_decoding
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
+    if attention == "zoo":
+        use_for_cpu_decoding(model)
     prefix = list(range(3, 15))
     seqs = [prefix + [20, 21], prefix + [22, 23, 24, 25, 26], prefix + [27], prefix + list(range(30, 90))]
     with torch.inference_mode():
@@ -42,5 +61,21 @@ def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir):
     for seq, row in zip(seqs, rows):
         for (keys, values), (want_k, want_v) in zip(row, _alone(model, seq)):
             assert keys.shape == want_k.shape == (1, want_k.shape[1], len(seq), want_k.shape[-1])
+            torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_rows_without_a_shared_prefix_run_each_piece_causally(tiny_base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from zoo.attention import use_for_cpu_decoding
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
+    use_for_cpu_decoding(model)
+    seqs = [[5, 6, 7], [40, 41, 42, 43, 44, 45], [9]]
+    with torch.inference_mode():
+        rows = prefill_rows(model.model, seqs)
+    for seq, row in zip(seqs, rows):
+        for (keys, values), (want_k, want_v) in zip(row, _alone(model, seq)):
             torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)

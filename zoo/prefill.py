@@ -9,7 +9,8 @@ prefix and itself only. The result is one key/value pair per model layer per pro
 
 from __future__ import annotations
 
-PACK_TOKENS = 256  # remainders per pass, in tokens: past ~128 tokens a pass costs the same per token
+PACK_TOKENS = 256  # remainders per pass under one prompt-by-prompt mask: past ~128 tokens a pass costs the same
+PIECEWISE_TOKENS = 1024  # remainders per pass when attention goes prompt by prompt (`zoo.attention.PIECES`)
 MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
 
 
@@ -56,10 +57,34 @@ def packed_inputs(pieces: list[list[int]], start: int, device=None):
     return ids, positions, mask[None, None]
 
 
+def piecewise_inputs(pieces: list[list[int]], start: int, device=None):
+    """Like `packed_inputs`, for attention that goes piece by piece: a mask of no size (a placeholder that keeps
+    transformers from building one for the whole pass) and the `PIECES` keyword, one `(offset, length, mask)` per
+    piece, its mask over the `start` cached tokens and itself (None when nothing is cached: plain causal)."""
+    import torch
+
+    from zoo.attention import PIECES
+
+    ids = torch.tensor([[t for piece in pieces for t in piece]], device=device)
+    positions = torch.cat([torch.arange(start, start + len(p), device=device) for p in pieces])[None]
+    bounds, offset, masks = [], 0, {}
+    for p in pieces:
+        n = len(p)
+        if start and n not in masks:
+            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            masks[n] = torch.cat([torch.ones(n, start, dtype=torch.bool, device=device), causal], dim=1)[None, None]
+        bounds.append((offset, n, masks.get(n)))
+        offset += n
+    placeholder = torch.ones((), dtype=torch.bool, device=device).expand(1, 1, offset, start + offset)
+    return ids, positions, placeholder, {PIECES: bounds}
+
+
 def prefill_rows(decoder, seqs: list[list[int]], device=None) -> list[list[tuple]]:
     """Key/value states of every sequence of `seqs`, computed by `decoder` (a transformers decoder: no LM head),
     one `(keys, values)` of shape (1, kv heads, length, head dim) per model layer per sequence."""
     from transformers import DynamicCache
+
+    from zoo.attention import NAME
 
     start = shared_prefix(seqs)
     prefix = None
@@ -68,12 +93,16 @@ def prefill_rows(decoder, seqs: list[list[int]], device=None) -> list[list[tuple
         prefix = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
     rows: list = [None] * len(seqs)
     rests = [s[start:] for s in seqs]
-    for chunk in pack([len(r) for r in rests]):
+    piecewise = getattr(decoder.config, "_attn_implementation", None) == NAME
+    for chunk in pack([len(r) for r in rests], PIECEWISE_TOKENS if piecewise else PACK_TOKENS):
         pieces = [rests[i] for i in chunk]
-        ids, positions, mask = packed_inputs(pieces, start, device)
+        if piecewise:
+            ids, positions, mask, extra = piecewise_inputs(pieces, start, device)
+        else:
+            (ids, positions, mask), extra = packed_inputs(pieces, start, device), {}
         cache = DynamicCache(ddp_cache_data=prefix) if prefix else None
         out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                      use_cache=True)
+                      use_cache=True, **extra)
         layers = out.past_key_values.layers
         offset = start
         for i, piece in zip(chunk, pieces):
