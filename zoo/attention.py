@@ -12,7 +12,7 @@ own SDPA, untouched.
 from __future__ import annotations
 
 NAME = "zoo_sdpa"
-PIECES = "zoo_pieces"  # keyword of a packed prefill pass: [(offset, length, mask or None)] per prompt, in order
+PIECES = "zoo_pieces"  # keyword of a packed prefill pass: [(offset, length)] per prompt, in order
 _UNHANDLED = ("softcap", "s_aux", "position_bias", "cache")  # features only SDPA's path implements
 
 
@@ -56,20 +56,22 @@ def _decode_attention(query, key, value, attention_mask, scaling):
 
 def _piecewise_attention(module, query, key, value, pieces, scaling):
     """SDPA for each prompt of a packed pass: its queries over the cached prefix (every key before the pass) and
-    its own keys, causally (`mask`, or None when nothing is cached)."""
+    its own keys, causally. (Splitting a long prompt's queries into blocks over the keys each can see gained
+    nothing in place, though SDPA's CPU kernel computes what a mask hides.)"""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     cached = key.shape[2] - query.shape[2]
     outs = []
-    for offset, length, mask in pieces:
+    for offset, length in pieces:
         own = slice(cached + offset, cached + offset + length)
-        k, v = key[:, :, own], value[:, :, own]
+        k, v, mask = key[:, :, own], value[:, :, own], None  # no mask: plain causal
         if cached:
             k = torch.cat([key[:, :, :cached], k], dim=2)
             v = torch.cat([value[:, :, :cached], v], dim=2)
-        out, _ = sdpa_attention_forward(module, query[:, :, offset:offset + length], k, v, mask, scaling=scaling)
-        outs.append(out)
+            mask = torch.ones(length, cached + length, dtype=torch.bool, device=query.device).tril(cached)[None, None]
+        outs.append(sdpa_attention_forward(module, query[:, :, offset:offset + length], k, v, mask,
+                                           scaling=scaling)[0])
     return torch.cat(outs, dim=1)
 
 

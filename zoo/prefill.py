@@ -63,23 +63,17 @@ def packed_inputs(pieces: list[list[int]], start: int, device=None):
 
 def piecewise_inputs(pieces: list[list[int]], start: int, device=None):
     """Like `packed_inputs`, for attention that goes piece by piece: a mask of no size (a placeholder that keeps
-    transformers from building one for the whole pass) and the `PIECES` keyword, one `(offset, length, mask)` per
-    piece, its mask over the `start` cached tokens and itself (None when nothing is cached: plain causal)."""
+    transformers from building one for the whole pass) and the `PIECES` keyword, `(offset, length)` per piece."""
+    from itertools import accumulate
+
     import torch
 
     from zoo.attention import PIECES
 
     ids, positions = _row(pieces, start, device)
-    bounds, offset, masks = [], 0, {}
-    for piece in pieces:
-        n = len(piece)
-        if start and n not in masks:
-            causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-            masks[n] = torch.cat([torch.ones(n, start, dtype=torch.bool, device=device), causal], dim=1)[None, None]
-        bounds.append((offset, n, masks.get(n)))
-        offset += n
-    placeholder = torch.ones((), dtype=torch.bool, device=device).expand(1, 1, offset, start + offset)
-    return ids, positions, placeholder, {PIECES: bounds}
+    lengths = [len(p) for p in pieces]
+    placeholder = torch.ones((), dtype=torch.bool, device=device).expand(1, 1, ids.shape[1], start + ids.shape[1])
+    return ids, positions, placeholder, {PIECES: list(zip(accumulate(lengths, initial=0), lengths))}
 
 
 def _row(pieces: list[list[int]], start: int, device):
