@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from zoo.lora_serving import row_gate, serving_forward, use_serving_forwards
+from zoo.lora_serving import serving_forward, stacked_gate, use_serving_forwards
 
 
 class _Net(torch.nn.Module):
@@ -51,9 +51,26 @@ def test_gated_mixing_leaves_odd_calls_to_peft():
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
-def test_row_gate_scales_only_its_rows():
-    gate = row_gate(("a", "b", "a"), "a", 2.0, 3, torch.float32, "cpu")
-    assert gate.shape == (3, 1, 1) and gate.flatten().tolist() == [2.0, 0.0, 2.0]
+def test_stacked_gate_keeps_each_rows_own_adapter_slice_scaled():
+    gate = stacked_gate(("a", "b", "__base__", "a"), ("a", "b"), (2, 1), (2.0, 3.0), 3, torch.float32, "cpu")
+    assert gate.shape == (4, 1, 3)
+    assert gate[:, 0].tolist() == [[2.0, 2.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 0.0], [2.0, 2.0, 0.0]]
+
+
+def test_stacked_weights_follow_changes_to_an_adapter():
+    model = _two_adapters()
+    use_serving_forwards(model)
+    layer = model.base_model.model.proj
+    x = torch.randn(2, 12)
+    names = ["a", "b"]
+    with torch.inference_mode():
+        before = layer._mixed_batch_forward(x, adapter_names=names)
+        layer.lora_B["b"].weight.mul_(2)  # in place, as loading new weights into a loaded adapter does
+        after = layer._mixed_batch_forward(x, adapter_names=names)
+        want = type(layer)._mixed_batch_forward(layer, x, adapter_names=names)
+    torch.testing.assert_close(after, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(after[0], before[0])
+    assert not torch.allclose(after[1], before[1])
 
 
 def test_one_adapter_in_place_equals_peft():

@@ -75,3 +75,21 @@ def test_prefill_rows_without_a_shared_prefix_run_each_piece_causally(tiny_base_
         for (keys, values), (want_k, want_v) in zip(row, _alone(model, seq)):
             torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)
+
+
+def test_with_piecewise_attention_a_batch_shares_one_pass_beyond_the_masked_budget(tiny_base_dir):
+    from transformers import AutoModelForCausalLM
+
+    from zoo.attention import use_for_cpu_decoding
+    from zoo.prefill import PACK_TOKENS
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
+    seqs = [list(range(3, 3 + PACK_TOKENS - 10)), list(range(5, 5 + PACK_TOKENS - 20))]  # no shared prefix
+    passes = []
+    model.model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    with torch.inference_mode():
+        prefill_rows(model.model, seqs)
+        masked = len(passes)
+        use_for_cpu_decoding(model)
+        prefill_rows(model.model, seqs)
+    assert (masked, len(passes) - masked) == (2, 1)

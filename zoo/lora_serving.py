@@ -1,11 +1,13 @@
 """LoRA layers at serving time: fewer tensor ops per layer than PEFT's general forward, same sums.
 
-Mixed-adapter batches without sub-batches: each adapter's LoRA runs over the whole batch, gated to its rows. PEFT
+Mixed-adapter batches without sub-batches: the batch's adapters run as one stacked LoRA, gated to their rows. PEFT
 serves a batch whose rows use different adapters by gathering each adapter's rows (`x[indices]`), running its
 LoRA on them and scattering the result back (`result[indices] += ...`), in every LoRA layer at every decode step.
 On a CPU those gathers and scatters, built from Python index lists, made a decode step over three adapters cost
-1.5-2x one over a single adapter (16 dialogues, measured). Here each adapter runs on all rows (a few thousand
-extra multiply-adds per layer) and a cached 0/s row gate keeps its own rows, in four tensor ops.
+1.5-2x one over a single adapter (16 dialogues, measured). Here the adapters' A matrices are stacked into one (and
+their B matrices side by side), every row goes through all of them (a few thousand extra multiply-adds per layer)
+and a cached gate keeps, for each row, its own adapter's rank-wide slice, scaled: as many tensor ops as one
+adapter, whatever the number of adapters in the batch.
 
 One adapter for the whole batch: PEFT's 4-bit LoRA layer clones the base output (for autograd), scales the
 adapter's full-width output and adds it out of place: three passes over every (tokens x out features) result. Here
@@ -78,27 +80,61 @@ def _single_plain_adapter(layer, x) -> str | None:
 
 
 def gated_mixed_forward(self, x, *args, adapter_names: list[str], **kwargs):
-    """PEFT's `_mixed_batch_forward` for plain LoRA on linear layers, same sums, no gathers; anything else (DoRA and
-    other variants, embeddings, convolutions, inputs without a batch dimension) goes to PEFT's own."""
-    uniq = [a for a in dict.fromkeys(adapter_names) if a in self.lora_A]
+    """PEFT's `_mixed_batch_forward` for plain LoRA on linear layers at serving time, same sums, no gathers; anything
+    else (training, DoRA and other variants, LoRA biases, embeddings, convolutions, inputs without a batch
+    dimension) goes to PEFT's own."""
+    import torch
+    import torch.nn.functional as F
+
+    uniq = tuple(a for a in dict.fromkeys(adapter_names) if a in self.lora_A)
     variant = {k: kwargs.pop(k) for k in VARIANT_KWARGS if k in kwargs}  # never for the base layer
-    if x.dim() < 2 or x.shape[0] != len(adapter_names) or any(a in self.lora_variant for a in uniq) \
-            or not hasattr(self, "in_features") or any(v is not None for v in variant.values()):
+    if x.dim() < 2 or x.shape[0] != len(adapter_names) or not hasattr(self, "in_features") or self.training \
+            or torch.is_grad_enabled() or any(v is not None for v in variant.values()) \
+            or not all(_plain(self, name) for name in uniq) \
+            or len({self.lora_A[name].weight.dtype for name in uniq}) > 1:
         return type(self)._mixed_batch_forward(self, x, *args, adapter_names=adapter_names, **variant, **kwargs)
     result = self.base_layer(x, *args, **kwargs)
-    for name in uniq:
-        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
-        gate = row_gate(tuple(adapter_names), name, float(self.scaling[name]), x.dim(), lora_a.weight.dtype,
-                        str(x.device))
-        out = lora_b(lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype)))) * gate
-        result += out.to(result.dtype)
+    if not uniq:
+        return result
+    a, b = _stacked(self, uniq)
+    ranks = tuple(self.r[name] for name in uniq)
+    scalings = tuple(float(self.scaling[name]) for name in uniq)
+    gate = stacked_gate(tuple(adapter_names), uniq, ranks, scalings, x.dim(), a.dtype, str(x.device))
+    low = F.linear(x.to(a.dtype), a).mul_(gate)
+    result += F.linear(low, b).to(result.dtype)
     return result
 
 
-@functools.lru_cache(maxsize=256)
-def row_gate(names: tuple[str, ...], name: str, scaling: float, dims: int, dtype, device: str):
-    """(batch, 1, ...) tensor: `scaling` on the rows of adapter `name`, 0 elsewhere (one per batch layout)."""
+def _plain(layer, name: str) -> bool:
+    """Whether adapter `name` of `layer` is plain LoRA: no variant, no biases (dropout is off at serving time)."""
+    return name not in layer.lora_variant and layer.lora_A[name].bias is None and layer.lora_B[name].bias is None
+
+
+def _stacked(layer, names: tuple[str, ...]):
+    """The A matrices of `names` stacked (sum of ranks x in) and their B matrices side by side (out x sum of
+    ranks), kept on the layer for the last set of names asked for, rebuilt when any of the weights changes."""
     import torch
 
-    rows = torch.tensor([scaling if n == name else 0.0 for n in names], dtype=dtype, device=device)
-    return rows.view(-1, *([1] * (dims - 1)))
+    weights = [(layer.lora_A[n].weight, layer.lora_B[n].weight) for n in names]
+    key = (names, tuple((id(a), a._version, id(b), b._version) for a, b in weights))
+    cached = getattr(layer, "_zoo_stacked", None)
+    if cached is None or cached[0] != key:
+        stacked = torch.cat([a for a, _ in weights]), torch.cat([b for _, b in weights], dim=1)
+        cached = layer._zoo_stacked = (key, stacked)
+    return cached[1]
+
+
+@functools.lru_cache(maxsize=256)
+def stacked_gate(names: tuple[str, ...], order: tuple[str, ...], ranks: tuple[int, ...], scalings: tuple[float, ...],
+                 dims: int, dtype, device: str):
+    """(batch, 1, ..., sum of ranks): for each row, its adapter's scaling on that adapter's slice of the stacked
+    rank (adapters in `order`), 0 elsewhere (all 0 for a row of none of them: the plain base)."""
+    import torch
+
+    gate = torch.zeros(len(names), sum(ranks), dtype=dtype, device=device)
+    starts = [sum(ranks[:i]) for i in range(len(ranks))]
+    for row, name in enumerate(names):
+        if name in order:
+            i = order.index(name)
+            gate[row, starts[i]:starts[i] + ranks[i]] = scalings[i]
+    return gate.view(len(names), *([1] * (dims - 2)), sum(ranks))
