@@ -71,6 +71,11 @@ def test_stacked_weights_follow_changes_to_an_adapter():
     torch.testing.assert_close(after, want, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(after[0], before[0])
     assert not torch.allclose(after[1], before[1])
+    layer.lora_A["a"].weight.data = layer.lora_A["a"].weight.data * 3  # storage swapped, as a dtype cast does
+    with torch.inference_mode():
+        swapped = layer._mixed_batch_forward(x, adapter_names=names)
+        want = type(layer)._mixed_batch_forward(layer, x, adapter_names=names)
+    torch.testing.assert_close(swapped, want, atol=1e-6, rtol=1e-5)
 
 
 def test_one_adapter_in_place_equals_peft():

@@ -112,11 +112,12 @@ def _plain(layer, name: str) -> bool:
 
 def _stacked(layer, names: tuple[str, ...]):
     """The A matrices of `names` stacked (sum of ranks x in) and their B matrices side by side (out x sum of
-    ranks), kept on the layer for the last set of names asked for, rebuilt when any of the weights changes."""
+    ranks), kept on the layer for the last set of names asked for, rebuilt when any of the weights changes (in place,
+    or its storage swapped)."""
     import torch
 
     weights = [(layer.lora_A[n].weight, layer.lora_B[n].weight) for n in names]
-    key = (names, tuple((id(a), a._version, id(b), b._version) for a, b in weights))
+    key = (names, tuple((id(w), w.data_ptr(), w._version) for pair in weights for w in pair))
     cached = getattr(layer, "_zoo_stacked", None)
     if cached is None or cached[0] != key:
         stacked = torch.cat([a for a, _ in weights]), torch.cat([b for _, b in weights], dim=1)
