@@ -32,26 +32,19 @@ def _alone(model, seq):
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
 
-def test_piecewise_inputs_give_each_piece_its_bounds():
-    from zoo.attention import PIECES
-
-    ids, positions, placeholder, extra = piecewise_inputs([[7, 8], [9, 10, 11], [12, 13]], start=3)
-    assert ids.tolist() == [[7, 8, 9, 10, 11, 12, 13]] and positions.tolist() == [[3, 4, 3, 4, 5, 3, 4]]
-    assert placeholder.shape == (1, 1, 7, 10)
-    assert extra[PIECES] == [(0, 2), (2, 3), (5, 2)]
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "zoo"])  # zoo: one pass, attention piece by piece
-def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir, attention):
+def _tiny(tiny_base_dir, piecewise: bool):
+    """The tiny model on SDPA, or on the runtime's attention (`piecewise`: one pass, attention piece by piece)."""
     from transformers import AutoModelForCausalLM
 
     from zoo.attention import use_for_cpu_decoding
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
-    if attention == "zoo":
+    if piecewise:
         use_for_cpu_decoding(model)
-    prefix = list(range(3, 15))
-    seqs = [prefix + [20, 21], prefix + [22, 23, 24, 25, 26], prefix + [27], prefix + list(range(30, 90))]
+    return model
+
+
+def _assert_rows_equal_each_run_alone(model, seqs):
     with torch.inference_mode():
         rows = prefill_rows(model.model, seqs)
     for seq, row in zip(seqs, rows):
@@ -61,29 +54,32 @@ def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir, attention):
             torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)
 
 
+def test_piecewise_inputs_give_each_piece_its_bounds():
+    from zoo.attention import PIECES
+
+    ids, positions, placeholder, extra = piecewise_inputs([[7, 8], [9, 10, 11], [12, 13]], start=3)
+    assert ids.tolist() == [[7, 8, 9, 10, 11, 12, 13]] and positions.tolist() == [[3, 4, 3, 4, 5, 3, 4]]
+    assert placeholder.shape == (1, 1, 7, 10)
+    assert extra[PIECES] == [(0, 2), (2, 3), (5, 2)]
+
+
+@pytest.mark.parametrize("piecewise", [False, True])
+def test_prefill_rows_equal_each_sequence_run_alone(tiny_base_dir, piecewise):
+    prefix = list(range(3, 15))
+    seqs = [prefix + [20, 21], prefix + [22, 23, 24, 25, 26], prefix + [27], prefix + list(range(30, 90))]
+    _assert_rows_equal_each_run_alone(_tiny(tiny_base_dir, piecewise), seqs)
+
+
 def test_prefill_rows_without_a_shared_prefix_run_each_piece_causally(tiny_base_dir):
-    from transformers import AutoModelForCausalLM
-
-    from zoo.attention import use_for_cpu_decoding
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
-    use_for_cpu_decoding(model)
     seqs = [[5, 6, 7], [40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50], [9]]
-    with torch.inference_mode():
-        rows = prefill_rows(model.model, seqs)
-    for seq, row in zip(seqs, rows):
-        for (keys, values), (want_k, want_v) in zip(row, _alone(model, seq)):
-            torch.testing.assert_close(keys, want_k, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(values, want_v, atol=1e-5, rtol=1e-5)
+    _assert_rows_equal_each_run_alone(_tiny(tiny_base_dir, piecewise=True), seqs)
 
 
 def test_with_piecewise_attention_a_batch_shares_one_pass_beyond_the_masked_budget(tiny_base_dir):
-    from transformers import AutoModelForCausalLM
-
     from zoo.attention import use_for_cpu_decoding
     from zoo.prefill import PACK_TOKENS
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
+    model = _tiny(tiny_base_dir, piecewise=False)
     seqs = [list(range(3, 3 + PACK_TOKENS - 10)), list(range(5, 5 + PACK_TOKENS - 20))]  # no shared prefix
     passes = []
     model.model.register_forward_pre_hook(lambda module, args: passes.append(1))

@@ -72,9 +72,8 @@ def _single_plain_adapter(layer, x) -> str | None:
     if len(active) != 1:
         return None
     name = active[0]
-    a, b = layer.lora_A[name], layer.lora_B[name]
-    if name in layer.lora_variant or type(layer.lora_dropout[name]) is not torch.nn.Identity \
-            or b.bias is not None or a.bias is not None or a.weight.dtype != x.dtype or b.weight.dtype != x.dtype:
+    if not _plain(layer, name) or type(layer.lora_dropout[name]) is not torch.nn.Identity \
+            or layer.lora_A[name].weight.dtype != x.dtype or layer.lora_B[name].weight.dtype != x.dtype:
         return None
     return name
 
