@@ -13,7 +13,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.runtime import DEFAULT_MAX_NEW_TOKENS, NONE
+from zoo.serving.runtime import DEFAULT_MAX_NEW_TOKENS, NONE
 
 SAME_MODEL = "same model: no adapter was chosen, so the routed answer is the base's"
 WAITING = "waiting for the adapter's answer…"

@@ -33,8 +33,7 @@ def zoo_routes(zoo) -> set[str]:
         return set()
     routes: set[str] = set()
     for entry in zoo.entries().values():
-        routes.update([entry["task"]] if entry.get("task") else [])
-        routes.update(entry.get("route_as") or [])
+        routes.update(entry.routes)
     return routes
 
 
@@ -45,12 +44,12 @@ def adapter_map(zoo) -> dict[str, str]:
     healthy = None
     out: dict[str, str] = {}
     for route in sorted(zoo_routes(zoo)):
-        explicit = [n for n, e in entries.items() if route in (e.get("route_as") or [])]
-        candidates = explicit or [n for n, e in entries.items() if e.get("task") == route]
+        explicit = [n for n, e in entries.items() if route in e.route_as]
+        candidates = explicit or [n for n, e in entries.items() if e.task == route]
         if len(candidates) > 1:
             healthy = set(zoo.healthy()) if healthy is None else healthy
             candidates = [n for n in candidates if n in healthy] or candidates
-        candidates.sort(key=lambda n: (entries[n].get("kind") == "trained", entries[n].get("created") or "", n))
+        candidates.sort(key=lambda n: (entries[n].kind == "trained", entries[n].created or "", n))
         out[route] = candidates[-1]
     return out
 
@@ -70,7 +69,7 @@ def fit_router(zoo, data_dir=None, seed: int = 0, tasks: list[str] | None = None
     `params` go to `Router` (e.g. `features="ngrams"` for a fit without the embedding model)."""
     from router.data import training_set
 
-    specs = _task_specs(tasks if tasks is not None else sorted(zoo_routes(zoo)), explicit=tasks is not None)
+    specs = _task_specs(zoo, tasks if tasks is not None else sorted(zoo_routes(zoo)), explicit=tasks is not None)
     t0 = time.perf_counter()
     prompts, labels = training_set(specs, data_dir=data_dir, rows_per_task=rows_per_task, seed=seed)
     router = Router(seed=seed, **params).fit(prompts, labels)
@@ -80,21 +79,25 @@ def fit_router(zoo, data_dir=None, seed: int = 0, tasks: list[str] | None = None
     return router
 
 
-def _task_specs(names: list[str], explicit: bool) -> list:
-    from tasks import all_tasks, get_task
+def _task_specs(zoo, names: list[str], explicit: bool) -> list:
+    """Each route's task spec: registered, or saved with the adapter that serves the route (a task file's task
+    needs no registry in this process)."""
+    from tasks import all_tasks, get_task, spec_for_adapter
 
     if not names:
         raise ZooError("no tasks to route to: train an adapter first (`zoo train TASK`) "
                        "or name the tasks (`zoo route --train --tasks sentiment qa`)")
-    if explicit:
-        return [get_task(n) for n in names]
-    known = all_tasks()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        warnings.warn(f"router: skipping task(s) {unknown} that are not registered in this process", stacklevel=3)
-    specs = [known[n] for n in names if n in known]
+    known, mapping, specs = all_tasks(), adapter_map(zoo), []
+    for name in names:
+        if name in known or (explicit and name not in mapping):
+            specs.append(known.get(name) or get_task(name))
+            continue
+        try:
+            specs.append(spec_for_adapter(zoo, mapping[name]))
+        except ZooError as e:
+            warnings.warn(f"router: skipping task {name!r}: {e}", stacklevel=3)
     if not specs:
-        raise ZooError(f"none of the zoo's tasks {names} is registered; pass task files to `zoo train` first")
+        raise ZooError(f"none of the zoo's tasks {names} has a usable spec; retrain its adapters")
     return specs
 
 

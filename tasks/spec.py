@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from zoo.errors import ZooError
-
-METRICS = ("accuracy", "squad", "rouge")
-PRIMARY_METRIC = {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL"}
+from zoo.metrics import METRICS
 TARGET_PRESETS = {
     "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "mlp": ("gate_proj", "up_proj", "down_proj"),
@@ -96,28 +95,24 @@ class TaskSpec:
     train: TrainSettings = TrainSettings()
     ood: dict | None = field(default=None, metadata={"help": "out-of-domain data for the router report"})
     license: str | None = None
-    target_fn: Callable[[dict], str] | None = None
 
     def __post_init__(self):
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", self.name or ""):
-            raise ZooError(f"invalid task name {self.name!r}: lowercase letters, digits and '_', starting with a letter")
+        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", self.name):
+            raise ZooError(f"invalid task name {str(self.name)[:60]!r}: lowercase letters, digits and '_', "
+                           "starting with a letter")
         if self.metric not in METRICS:
             raise ZooError(f"task {self.name}: unknown metric {self.metric!r}; choose one of {', '.join(METRICS)}")
         if not self.templates:
             raise ZooError(f"task {self.name}: needs at least one template")
         for t in self.templates:
-            slots = {f for _, f, _, _ in string.Formatter().parse(t) if f}
-            unknown = slots - set(self.input_columns)
-            if unknown:
-                raise ZooError(f"task {self.name}: template uses {sorted(unknown)} which are not input columns "
-                               f"{list(self.input_columns)}")
+            _check_template(self.name, t, self.input_columns)
         if self.metric == "accuracy" and not self.labels:
             raise ZooError(f"task {self.name}: metric 'accuracy' needs 'labels'")
 
     # row -> text -----------------------------------------------------------
     @property
     def primary_metric(self) -> str:
-        return PRIMARY_METRIC[self.metric]
+        return METRICS[self.metric].primary
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -127,8 +122,6 @@ class TaskSpec:
         return self.templates[template % len(self.templates)].format(**{c: row[c] for c in self.input_columns})
 
     def references(self, row: dict) -> list[str]:
-        if self.target_fn is not None:
-            return [self.target_fn(row)]
         value = row
         for part in self.target_column.split("."):
             value = value[part]
@@ -141,17 +134,98 @@ class TaskSpec:
         return self.references(row)[0]
 
     def with_overrides(self, lora: dict | None = None, train: dict | None = None) -> "TaskSpec":
-        return replace(self, lora=_override(self.lora, lora), train=_override(self.train, train))
+        """The spec with some LoRA/training settings changed; `None` values leave a setting as it is."""
+        clean = lambda d: {k: v for k, v in (d or {}).items() if v is not None}  # noqa: E731
+        return replace(self, lora=settings_from_dict(LoraSettings, clean(lora), self.lora),
+                       train=settings_from_dict(TrainSettings, clean(train), self.train))
+
+    # the resolved spec travels with its adapter (task.json) ------------------
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "task spec") -> "TaskSpec":
+        """A spec from JSON (a task file, or an adapter's task.json): only known keys, each checked."""
+        if not isinstance(data, dict):
+            raise ZooError(f"{where} must be a mapping of settings, not {type(data).__name__}")
+        check_keys(where, data, {f.name for f in fields(cls)})
+        values = dict(data)
+        for key in ("input_columns", "templates", "labels"):
+            if isinstance(values.get(key), str):
+                values[key] = [values[key]]
+            if values.get(key) is not None:
+                if not isinstance(values[key], (list, tuple)) or not all(isinstance(v, str) for v in values[key]):
+                    raise ZooError(f"{where}: {key!r} must be a list of strings")
+                values[key] = tuple(values[key])
+        values["lora"] = settings_from_dict(LoraSettings, values.get("lora"), where=where)
+        values["train"] = settings_from_dict(TrainSettings, values.get("train"), where=where)
+        for key in ("name", "description", "dataset", "target_column", "metric"):
+            if key in values and not isinstance(values[key], str):
+                raise ZooError(f"{where}: {key!r} must be a string")
+        if values.get("ood") is not None and not isinstance(values["ood"], dict):
+            raise ZooError(f"{where}: 'ood' must be a mapping")
+        try:
+            return cls(**values)
+        except TypeError as e:  # a required key is missing
+            raise ZooError(f"{where}: {e}") from None
 
 
-def _override(settings, values: dict | None):
-    if not values:
-        return settings
-    names = {f.name for f in fields(settings)}
-    unknown = set(values) - names
-    if unknown:
-        raise ZooError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
-    clean: dict[str, Any] = {k: v for k, v in values.items() if v is not None}
-    if isinstance(clean.get("target_modules"), list):
-        clean["target_modules"] = tuple(clean["target_modules"])
-    return replace(settings, **clean)
+def settings_from_dict(cls, values: Any, start=None, where: str = "settings"):
+    """`LoraSettings`/`TrainSettings` from a mapping (a task file's section, CLI flags): known keys only, each of
+    the field's type; the rest of the fields from `start` (default: the class defaults)."""
+    start = start if start is not None else cls()
+    if values is None:
+        return start
+    if not isinstance(values, dict):
+        raise ZooError(f"{where}: {cls.__name__} settings must be a mapping")
+    check_keys(where, values, {f.name for f in fields(cls)})
+    clean = {}
+    for f in fields(cls):
+        if f.name in values:
+            clean[f.name] = _typed(where, f, values[f.name])
+    return replace(start, **clean)
+
+
+def _typed(where: str, f, value):
+    """A setting of the type its field declares (lists become tuples); bools are not numbers here."""
+    kind = str(f.type)
+    if isinstance(value, list) and "tuple" in kind:
+        if not all(isinstance(v, str) for v in value):
+            raise ZooError(f"{where}: {f.name!r} must be a list of names")
+        return tuple(value)
+    if value is None and "None" in kind:
+        return None
+    ok = (isinstance(value, bool) if kind == "bool" else
+          isinstance(value, str) if kind.startswith("str") else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind.startswith("float") else
+          isinstance(value, int) and not isinstance(value, bool) if kind.startswith("int") else True)
+    if not ok:
+        raise ZooError(f"{where}: {f.name!r} has the wrong type ({type(value).__name__}: {str(value)[:40]!r})")
+    return float(value) if kind.startswith("float") else value
+
+
+def check_keys(where: str, data: dict, known: set[str]) -> None:
+    """Refuse an unknown key, suggesting the closest known one (a typo must not be ignored silently)."""
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ZooError(f"{where}: unknown key {str(key)[:60]!r}{hint}")
+
+
+def _check_template(task: str, template: str, columns: tuple[str, ...]) -> None:
+    """Plain `{column}` slots only: a format spec or conversion (`{text:>2000000000}`, `{text.__class__}`)
+    could allocate gigabytes or read attributes."""
+    if not isinstance(template, str):
+        raise ZooError(f"task {task}: templates must be strings")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ZooError(f"task {task}: bad template ({e}); write braces as {{{{ and }}}}") from None
+    for _, slot, spec, conversion in parsed:
+        if slot is None:
+            continue
+        if slot not in columns or spec or conversion:
+            raise ZooError(f"task {task}: template slot {{{slot}{'!' + conversion if conversion else ''}"
+                           f"{':' + spec if spec else ''}}} is not a plain input column; use one of "
+                           + ", ".join(f"{{{c}}}" for c in columns))

@@ -4,6 +4,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from zoo.base import resolve_base
+from zoo.manifest import BaseInfo, Entry
 from zoo.store import Zoo
 
 
@@ -20,9 +21,8 @@ def make_adapter(zoo: Zoo, base_dir, name: str, task: str, seed: int, **lora) ->
             p.data.normal_(0, 0.5)
     peft_model.save_pretrained(zoo.adapter_dir(name))
     ref = resolve_base(str(base_dir))
-    zoo.put(name, {"name": name, "task": task, "kind": "trained",
-                   "base": {"id": str(base_dir), "hash": ref.hash, "quantized": False},
-                   "lora": {"r": settings["r"], "alpha": settings["lora_alpha"]}})
+    zoo.put(Entry(name=name, task=task, kind="trained", base=BaseInfo(str(base_dir), ref.hash, False),
+                  lora={"r": settings["r"], "alpha": settings["lora_alpha"]}, path=f"adapters/{name}"))
 
 
 def memory_levels(release) -> tuple[int, int, int]:
@@ -36,3 +36,9 @@ def memory_levels(release) -> tuple[int, int, int]:
     objects = gc.get_objects()
     tensors = sum(isinstance(o, torch.Tensor) for o in objects)
     return psutil.Process().memory_info().rss, tensors, len(objects)
+
+
+def entry(name: str, task: str = "qa", kind: str = "trained", **fields) -> Entry:
+    """A minimal manifest entry (no adapter files behind it unless the test writes them)."""
+    return Entry(name=name, task=task, kind=kind, base=fields.pop("base", BaseInfo()), lora=fields.pop("lora", {}),
+                 path=f"adapters/{name}", **fields)

@@ -82,7 +82,7 @@ def test_linear_is_the_product_of_blended_factors(zoo):
 
 
 def test_combined_adapter_is_served_by_the_runtime(zoo, tiny_base_dir):
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     assert cli(zoo, "sent", "qa1", "--name", "both", "--route-as", "qa", "sentiment") == 0
     entry = zoo.get("both")

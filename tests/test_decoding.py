@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from zoo.attention import _decode_attention, attention
-from zoo.kvcache import RoomyLayer, left_padded_cache
+from zoo.serving.attention import _decode_attention, attention
+from zoo.serving.kvcache import RoomyLayer, left_padded_cache
 
 
 def _kv(batch=2, heads=3, length=4, dim=8, seed=0):

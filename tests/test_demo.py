@@ -58,7 +58,7 @@ def demo_zoo(tmp_path_factory, tiny_base_dir, data_dir) -> Zoo:
 
 @pytest.fixture(scope="module")
 def runtime(demo_zoo, tiny_base_dir):
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     rt = Runtime(demo_zoo, base=str(tiny_base_dir), quant=False)
     rt.load_all()
@@ -175,7 +175,7 @@ def test_missing_router_falls_back_to_a_manual_choice(tmp_path, tiny_base_dir):
     picked adapter."""
     from demo.app import build_app
     from demo.handlers import auto_answer, router_problem
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     base_copy = tmp_path / "tiny-copy"  # its own model object: the module's runtime keeps the shared one
     shutil.copytree(tiny_base_dir, base_copy)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zoo import dense
+from zoo.serving import dense
 
 
 @pytest.fixture()

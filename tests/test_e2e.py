@@ -25,14 +25,14 @@ def test_training_loss_falls_and_throughput_is_saved(trained_zoo):
     assert len(log) >= 3
     assert log[-1]["loss"] < log[0]["loss"]
     assert entry["throughput"]["tokens_per_s"] > 0 and entry["throughput"]["examples_per_s"] > 0
-    assert entry["base"]["id"] == "smollm2-135m" and entry["base"]["hash"].startswith("sha256:")
-    assert entry["base"]["quantized"] is True
+    assert entry.base.id == "smollm2-135m" and entry.base.hash.startswith("sha256:")
+    assert entry.base.quantized is True
 
 
 def test_adapter_reloads_and_changes_the_output(trained_zoo, data_dir):
     from tasks import get_task
     from zoo.evaluation import eval_rows, prompt_ids
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     spec = get_task("sentiment")
     rt = Runtime(trained_zoo)
@@ -54,7 +54,7 @@ def test_eval_writes_report_manifest_and_json(trained_zoo, data_dir, capsys):
     reports = trained_zoo.reports_dir
     assert (reports / "sentiment.md").read_text().count("| accuracy |") == 1
     assert (reports / "sentiment.png").stat().st_size > 1000
-    assert trained_zoo.get("sentiment")["metrics"]["eval"]["adapter"] == result["adapter"]
+    assert trained_zoo.get("sentiment").metrics["eval"]["adapter"] == result["adapter"]
     rc = main(["list", "--zoo", str(trained_zoo.root), "--json"])
     listing = json.loads(capsys.readouterr().out)
     assert listing["adapters"][0]["metrics"]["eval"]["adapter"] == result["adapter"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from zoo.lora_serving import serving_forward, stacked_gate, use_serving_forwards
+from zoo.serving.lora_serving import serving_forward, stacked_gate, use_serving_forwards
 
 
 class _Net(torch.nn.Module):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zoo.prefill import pack, packed_inputs, piecewise_inputs, prefill_rows, shared_prefix
+from zoo.serving.prefill import pack, packed_inputs, piecewise_inputs, prefill_rows, shared_prefix
 
 
 def test_shared_prefix_leaves_every_sequence_a_token_and_skips_short_ones():
@@ -36,7 +36,7 @@ def _tiny(tiny_base_dir, piecewise: bool):
     """The tiny model on SDPA, or on the runtime's attention (`piecewise`: one pass, attention piece by piece)."""
     from transformers import AutoModelForCausalLM
 
-    from zoo.attention import use_for_cpu_decoding
+    from zoo.serving.attention import use_for_cpu_decoding
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
     if piecewise:
@@ -55,7 +55,7 @@ def _assert_rows_equal_each_run_alone(model, seqs):
 
 
 def test_piecewise_inputs_give_each_piece_its_bounds():
-    from zoo.attention import PIECES
+    from zoo.serving.attention import PIECES
 
     ids, positions, placeholder, extra = piecewise_inputs([[7, 8], [9, 10, 11], [12, 13]], start=3)
     assert ids.tolist() == [[7, 8, 9, 10, 11, 12, 13]] and positions.tolist() == [[3, 4, 3, 4, 5, 3, 4]]
@@ -76,8 +76,8 @@ def test_prefill_rows_without_a_shared_prefix_run_each_piece_causally(tiny_base_
 
 
 def test_with_piecewise_attention_a_batch_shares_one_pass_beyond_the_masked_budget(tiny_base_dir):
-    from zoo.attention import use_for_cpu_decoding
-    from zoo.prefill import PACK_TOKENS
+    from zoo.serving.attention import use_for_cpu_decoding
+    from zoo.serving.prefill import PACK_TOKENS
 
     model = _tiny(tiny_base_dir, piecewise=False)
     seqs = [list(range(3, 3 + PACK_TOKENS - 10)), list(range(5, 5 + PACK_TOKENS - 20))]  # no shared prefix

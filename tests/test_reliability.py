@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_adapter, memory_levels
+from tests.helpers import entry, make_adapter, memory_levels
 from zoo.base import load_base
 from zoo.cli import COMMANDS, main
 from zoo.errors import ZooError
-from zoo.runtime import Runtime
+from zoo.serving.runtime import Runtime
 from zoo.store import Zoo
 
 pytestmark = pytest.mark.reliability
@@ -54,7 +54,7 @@ def test_sigkill_then_resume_gives_the_same_adapter(tiny_base_dir, tmp_path, dat
     cmd, env = _train(tmp_path / "straight", tiny_base_dir, data_dir)
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
     killed = tmp_path / "killed"
-    Zoo(killed).put("keep", {"name": "keep", "task": "qa"})  # a finished entry that must survive the kill
+    Zoo(killed).put(entry("keep"))  # a finished entry that must survive the kill
     cmd, env = _train(killed, tiny_base_dir, data_dir)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -77,7 +77,7 @@ def test_sigkill_then_resume_gives_the_same_adapter(tiny_base_dir, tmp_path, dat
 def _hammer(root: str, worker: int) -> None:
     zoo = Zoo(root)
     for i in range(10_000):
-        zoo.put(f"w{worker}-{i}", {"name": f"w{worker}-{i}", "pad": "x" * 2000})
+        zoo.put(entry(f"w{worker}-{i}", extra={"pad": "x" * 2000}))
 
 
 def test_manifest_survives_sigkill_during_writes(tmp_path):
@@ -104,7 +104,7 @@ def test_damaged_zoo_is_reported_and_healthy_adapters_still_serve(small_zoo, tin
     """Truncated adapter, missing folder, unlisted folder: list/doctor explain; runtime serves the rest."""
     f = small_zoo.adapter_dir("qa") / "adapter_model.safetensors"
     f.write_bytes(f.read_bytes()[:64])
-    small_zoo.put("ghost", {"name": "ghost", "task": "summarization"})
+    small_zoo.put(entry("ghost", "summarization"))
     (small_zoo.root / "adapters" / "stray").mkdir()
     assert main(["list", "--zoo", str(small_zoo.root)]) == 0
     out = capsys.readouterr().out

@@ -14,6 +14,7 @@ import pytest
 from router import NONE, Router, fit_router, load_router, route_to_adapter
 from router.oos import oos_prompts
 from zoo.cli import main
+from tests.helpers import entry
 from zoo.errors import ZooError
 from zoo.store import Zoo
 
@@ -24,7 +25,7 @@ FAST = dict(rows_per_task=12, features="ngrams")  # no embedding model: a fit in
 def make_zoo(path, entries=TASK_OF) -> Zoo:
     zoo = Zoo(path)
     for name, task in entries.items():
-        zoo.put(name, {"name": name, "task": task, "kind": "trained", "created": "2025-01-01T00:00:00Z"})
+        zoo.put(entry(name, task, created="2025-01-01T00:00:00Z"))
     return zoo
 
 
@@ -139,9 +140,9 @@ def test_fit_for_explicit_tasks_in_an_empty_zoo(zoo_dir, data_dir):
 
 def test_route_to_adapter_prefers_route_as_then_trained(zoo_dir):
     zoo = make_zoo(zoo_dir, {"sst": "sentiment"})
-    zoo.put("blend", {"name": "blend", "task": "sentiment", "kind": "combined", "created": "2030-01-01T00:00:00Z"})
+    zoo.put(entry("blend", "sentiment", "combined", created="2030-01-01T00:00:00Z"))
     assert route_to_adapter(zoo, "sentiment") == "sst"
-    zoo.put("multi", {"name": "multi", "task": "qa", "kind": "combined", "route_as": ["qa", "sentiment"]})
+    zoo.put(entry("multi", "qa", "combined", route_as=("qa", "sentiment")))
     assert route_to_adapter(zoo, "sentiment") == "multi" and route_to_adapter(zoo, "qa") == "multi"
     assert route_to_adapter(zoo, NONE) is None and route_to_adapter(zoo, "summarization") is None
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from tests.helpers import make_adapter
+from zoo.manifest import BaseInfo
 from zoo.base import load_base
 from zoo.errors import ZooError
-from zoo.runtime import Runtime
+from zoo.serving.runtime import Runtime
 from zoo.store import Zoo
 
 
@@ -36,7 +37,7 @@ def test_mixed_batch_equals_per_adapter_runs(tiny_zoo, tiny_base_dir):
 
 def test_adapter_from_another_base_is_refused(tiny_zoo, tiny_base_dir):
     entry = tiny_zoo.get("a0")
-    tiny_zoo.put("a0", {**entry, "base": {"id": "other", "hash": "sha256:0000"}})
+    tiny_zoo.put(entry.with_(base=BaseInfo("other", "sha256:0000")))
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
     with pytest.raises(ZooError, match="trained on base 'other'"):
         rt.generate(["hi"], adapter="a0", max_new_tokens=2)
@@ -126,7 +127,7 @@ def test_batch_cache_gives_each_prompt_the_next_token_logits_it_gets_alone(tiny_
 
 
 def test_rows_that_end_leave_the_batch_and_the_answers_stay_the_same(tiny_zoo, tiny_base_dir, monkeypatch):
-    import zoo.runtime as runtime_module
+    import zoo.serving.runtime as runtime_module
 
     monkeypatch.setenv("ZOO_DTYPE", "fp32")
     monkeypatch.setattr(runtime_module, "SEGMENT", 2)  # rows leave every 2 tokens

@@ -5,6 +5,7 @@ import multiprocessing as mp
 
 import pytest
 
+from tests.helpers import entry
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name
 from zoo.store import Zoo, safetensors_error
@@ -32,7 +33,7 @@ def test_atomic_write_leaves_old_file_when_serialization_fails(tmp_path):
 def _put_many(root, worker):
     zoo = Zoo(root)
     for i in range(20):
-        zoo.put(f"w{worker}-{i}", {"name": f"w{worker}-{i}"})
+        zoo.put(entry(f"w{worker}-{i}"))
 
 
 def test_concurrent_writers_do_not_lose_entries(tmp_path):
@@ -46,8 +47,8 @@ def test_concurrent_writers_do_not_lose_entries(tmp_path):
 
 def test_problems_report_missing_corrupt_and_unlisted(tmp_path):
     zoo = Zoo(tmp_path)
-    zoo.put("gone", {"name": "gone"})
-    zoo.put("trunc", {"name": "trunc"})
+    zoo.put(entry("gone"))
+    zoo.put(entry("trunc"))
     d = zoo.adapter_dir("trunc")
     d.mkdir(parents=True)
     (d / "adapter_config.json").write_text("{}")

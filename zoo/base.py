@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.attention import use_for_cpu_decoding
+from zoo.serving.attention import use_for_cpu_decoding
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name, file_lock
 
@@ -252,15 +252,5 @@ def unwrap_peft(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def check_same_base(entry: dict, ref: BaseRef) -> None:
-    """Refuse an adapter trained on another base: its deltas would be applied to the wrong weights."""
-    trained = entry.get("base", {})
-    if trained.get("hash") and trained["hash"] != ref.hash:
-        raise ZooError(
-            f"adapter {entry.get('name')!r} was trained on base {trained.get('id')!r} ({trained['hash']}), "
-            f"not on {ref.id!r} ({ref.hash}); use --base {trained.get('id')} or retrain it"
-        )
-
-
-__all__ = ["DEFAULT_BASE", "BaseRef", "LoadedBase", "resolve_base", "load_base", "check_same_base", "check_name",
+__all__ = ["DEFAULT_BASE", "BaseRef", "LoadedBase", "resolve_base", "load_base", "check_name",
            "unwrap_peft"]

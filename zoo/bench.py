@@ -282,7 +282,7 @@ def worker_runtime_rss(job: dict) -> dict:
     import transformers  # noqa: F401
 
     bare = rss_bytes()
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
     from zoo.store import Zoo
 
     zoo = Zoo(job["zoo"])
@@ -301,7 +301,7 @@ def worker_runtime_rss(job: dict) -> dict:
     gpu = gpu_memory(rt.loaded.device)
     rt.close()
     return {"bare_mb": round(bare / MB, 1), "rss_mb": steps, "adapters": sizes, "gpu": gpu,
-            "dense_weight_mb": round(rt.dense_weight_bytes / MB, 1)}  # in every step above (zoo.dense)
+            "dense_weight_mb": round(rt.dense_weight_bytes / MB, 1)}  # in every step above (zoo.serving.dense)
 
 
 WORKERS = {"train-ours": worker_train_ours, "train-reference": worker_train_reference,
@@ -474,7 +474,7 @@ def mixing(runtime, ids, trio: list[str], cfg: BenchConfig) -> dict:
 def eval_adapter(runtime, task: str, names: list[str]) -> str:
     """The adapter `zoo eval` would run on `task`'s prompts here: ours, else a trained one of the user's, else
     the plain base (a random adapter never stops early, so its answers would not be eval-like)."""
-    from zoo.runtime import NONE
+    from zoo.serving.runtime import NONE
 
     if f"ours-{task}" in names:
         return f"ours-{task}"
@@ -624,7 +624,7 @@ def section(result: dict, name: str):
 def run_bench(cfg: BenchConfig, user_zoo=None) -> dict:
     """Every section in one run on one base; returns the whole result (the bars included)."""
     from zoo.base import load_base, pick_device
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
     from zoo.store import Zoo
 
     from tasks import get_task

@@ -376,7 +376,7 @@ def search(zoo, blends: list[Blend], n: int = DEFAULT_SEARCH_N, data_dir=None, s
     written); rows are sorted best first by the mean fraction of each task's own adapter score."""
     from tasks import get_task
     from zoo.evaluation import evaluate_adapter_on_task
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     checked = [plan(zoo, b)[0] for b in blends]
     entries, ref = parent_entries(zoo, checked[0].parents)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from zoo.prompting import task_prompt_ids
-from zoo.runtime import NONE, Runtime
+from zoo.serving.runtime import NONE, Runtime
 
 DEFAULT_N = 200
 EXAMPLES_IN_REPORT = 4

@@ -13,15 +13,14 @@ from pathlib import Path
 
 from zoo.errors import ZooError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: torch refuses dotted module names
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Names become folder names: no separators, no `..`, bounded length, so no write leaves the zoo."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise ZooError(
-            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
-        )
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ZooError(f"invalid {what} {str(name)[:80]!r}: use 1-64 letters, digits, '_' or '-', "
+                       "starting with a letter or digit")
     return name
 
 

@@ -15,10 +15,37 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from zoo.errors import ZooError
 
-PRIMARY = {"accuracy": "accuracy", "squad": "f1", "rouge": "rougeL"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Everything the project says about a task metric, in one place: what it reports, which number is the
+    headline, how it is shown, and what the Hub calls it."""
+
+    name: str
+    primary: str
+    keys: tuple[str, ...]
+    scale: float  # 1.0 for 0-1 numbers, 100.0 for points
+    label: str  # how reports and the demo name the headline number
+    hub_task: str  # the Hub's pipeline/task type in model-index results
+    higher_is_better: bool = True
+
+    def display(self, value: float, key: str | None = None) -> str:
+        """3 decimals for 0-1 numbers, 1 for points."""
+        unit = 1.0 if (key or self.primary) in ("accuracy", "macro_f1") else self.scale
+        return f"{value:.3f}" if unit == 1.0 else f"{value:.1f}"
+
+
+METRICS = {m.name: m for m in (
+    Metric("accuracy", "accuracy", ("accuracy", "macro_f1"), 1.0, "accuracy", "text-classification"),
+    Metric("squad", "f1", ("exact_match", "f1"), 100.0, "SQuAD F1", "question-answering"),
+    Metric("rouge", "rougeL", ("rouge1", "rouge2", "rougeL"), 100.0, "ROUGE-L", "summarization"),
+)}
+PRIMARY = {name: m.primary for name, m in METRICS.items()}
 
 _QUOTES = "\"'`“”‘’«»"
 _PUNCT = set(string.punctuation)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.fsutil import atomic_write_json, check_name, file_lock
+from zoo.fsutil import atomic_write_json, check_name, file_lock, replace_dir
+from zoo.manifest import Entry
 
 MANIFEST_VERSION = 1
 DEFAULT_ZOO = "zoo-out"
@@ -83,15 +84,33 @@ class Zoo:
             raise ZooError(f"{self.manifest_path} has no 'adapters' table; restore it or run `zoo doctor`")
         return data
 
-    def entries(self) -> dict[str, dict]:
-        return self.read()["adapters"]
+    def entries(self) -> dict[str, Entry]:
+        """Every entry, type-checked; a damaged one is left out here and reported by `problems()`."""
+        out = {}
+        for name, raw in self.read()["adapters"].items():
+            try:
+                out[name] = Entry.from_json(raw)
+            except ZooError:
+                continue
+        return out
 
-    def get(self, name: str) -> dict:
-        entries = self.entries()
-        if name not in entries:
-            known = ", ".join(sorted(entries)) or "none yet (run `zoo train TASK`)"
-            raise ZooError(f"no adapter named {name!r} in {self.root}; known: {known}")
-        return entries[name]
+    def get(self, name: str) -> Entry:
+        raw = self.read()["adapters"]
+        if name not in raw:
+            known = ", ".join(sorted(raw)) or "none yet (run `zoo train TASK`)"
+            raise ZooError(f"no adapter named {str(name)[:80]!r} in {self.root}; known: {known}")
+        return Entry.from_json(raw[name])
+
+    def require_healthy(self, name: str, base=None) -> Entry:
+        """The entry of an adapter that is whole on disk and, given a `BaseRef`, trained on that base."""
+        entry = self.get(name)
+        bad = adapter_problems(name, self.adapter_dir(name))
+        if bad:
+            raise ZooError(f"adapter {name!r} is damaged: {bad[0]}")
+        if base is not None and entry.base.hash and entry.base.hash != base.hash:
+            raise ZooError(f"adapter {name!r} was trained on base {entry.base.id!r} ({entry.base.hash}), not on "
+                           f"{base.id!r} ({base.hash}); use --base {entry.base.id} or retrain it")
+        return entry
 
     def update(self, change) -> dict:
         """Read-modify-write the manifest under the lock; `change(data)` edits the dict in place."""
@@ -104,13 +123,24 @@ class Zoo:
             atomic_write_json(self.manifest_path, data)
             return data
 
-    def put(self, name: str, entry: dict) -> None:
-        check_name(name, "adapter name")
-        self.update(lambda d: d["adapters"].__setitem__(name, entry))
+    def put(self, entry: Entry) -> None:
+        """Record (or replace) one entry; its adapter folder must already be in place (see `install`)."""
+        self.update(lambda d: d["adapters"].__setitem__(entry.name, entry.to_json()))
+
+    def install(self, staged: Path, entry: Entry) -> None:
+        """Swap a fully written adapter folder in and record its entry, under one lock: the only way an
+        adapter enters the zoo (training, combining, pulling, the bench), so a killed run never leaves half one."""
+        with self.lock():
+            replace_dir(Path(staged), self.adapter_dir(entry.name))
+        self.put(entry)
+        try:
+            Path(staged).parent.rmdir()  # the staging area, only when no other run is using it
+        except OSError:
+            pass
 
     def set_metrics(self, name: str, key: str, value: dict) -> None:
         def change(d):
-            if name in d["adapters"]:
+            if isinstance(d["adapters"].get(name), dict):
                 d["adapters"][name].setdefault("metrics", {})[key] = value
 
         self.update(change)
@@ -122,8 +152,13 @@ class Zoo:
     def problems(self) -> list[Problem]:
         """Everything wrong with the zoo, each with how to repair it."""
         out: list[Problem] = []
-        entries = self.entries()
+        entries = self.read()["adapters"]
         for name in sorted(entries):
+            try:
+                Entry.from_json(entries[name])
+            except ZooError as e:
+                out.append(Problem(str(name)[:80], f"manifest entry is damaged: {e}", f"`zoo remove {name}` and retrain"))
+                continue
             out += adapter_problems(name, self.adapter_dir(name))
         adir = self.root / "adapters"
         if adir.is_dir():
@@ -170,7 +205,10 @@ def safetensors_error(path: Path) -> str | None:
         return "is missing"
     except (struct.error, ValueError, UnicodeDecodeError):
         return "is corrupted (unreadable header)"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):  # a header of [] or {"a": 1}
+        return "is corrupted (header is not a tensor table)"
     if 8 + n + end != size:
         return f"is truncated or corrupted ({size} bytes, header says {8 + n + end})"
     return None

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from zoo.base import unwrap_peft
 from zoo.errors import ZooError
-from zoo.fsutil import atomic_write_json, replace_dir
+from zoo.fsutil import atomic_write_json
+from zoo.manifest import BaseInfo, Entry
 from zoo.prompting import target_ids, task_prompt_ids
 
 
@@ -222,13 +223,14 @@ def total_steps(train, n_examples: int) -> int:
 
 # recipe: setup -> train -> save -> cleanup ----------------------------------------
 def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, resume: bool = False,
-                  callbacks=()) -> dict:
+                  callbacks=()) -> Entry:
     """Train `spec`'s adapter on the shared base `loaded` and add it to `zoo`. Returns its manifest entry.
     `callbacks` go to the Trainer (the bench's step timer)."""
     import torch
     from transformers import set_seed
 
     from zoo.data import describe_source, load_rows
+    from tasks import save_spec
     from zoo.store import now_iso
 
     name = name or spec.name
@@ -259,27 +261,22 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
             seconds = time.perf_counter() - t0
             stats = _throughput(trainer, collator, seconds)
             staged = zoo.staging_dir(name)
-            model.save_pretrained(staged, selected_adapters=[name], safe_serialization=True)
-            _flatten_adapter_dir(staged, name)
+            save_adapter(model, name, staged)
             log = [h for h in trainer.state.log_history if "loss" in h]
             atomic_write_json(staged / "training.json", {**settings, "throughput": stats, "loss_log": log})
+            save_spec(staged, spec)
         finally:
             model.unload()  # give the shared base back without LoRA layers
             torch.set_grad_enabled(True)
-    entry = {
-        "name": name, "task": spec.name, "kind": "trained",
-        "base": {"id": loaded.ref.id, "hash": loaded.ref.hash, "quantized": loaded.quantized},
-        "lora": asdict(spec.lora), "train": asdict(train),
-        "data": {"source": describe_source(spec, spec.train_split, data_dir), "examples": len(examples),
-                 "tokens": sum(len(e["input_ids"]) for e in examples)},
-        "throughput": stats, "final_loss": log[-1]["loss"] if log else None,
-        "path": f"adapters/{name}", "created": now_iso(), "metrics": {},
-    }
-    with zoo.lock():
-        replace_dir(staged, zoo.adapter_dir(name))
-    zoo.put(name, entry)
+    entry = Entry(
+        name=name, task=spec.name, kind="trained", base=BaseInfo.of(loaded), lora=asdict(spec.lora),
+        train=asdict(train), path=f"adapters/{name}", created=now_iso(), throughput=stats,
+        data={"source": describe_source(spec, spec.train_split, data_dir), "examples": len(examples),
+              "tokens": sum(len(e["input_ids"]) for e in examples)},
+        final_loss=log[-1]["loss"] if log else None,
+    )
+    zoo.install(staged, entry)
     shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.rmtree(staged.parent, ignore_errors=True) if not any(staged.parent.glob("*")) else None
     return entry
 
 
@@ -302,12 +299,14 @@ def _prepare_run_dir(run_dir: Path, settings: dict, resume: bool) -> str | None:
     return None
 
 
-def _flatten_adapter_dir(staged: Path, name: str) -> None:
-    """PEFT saves a non-default adapter under a sub-folder named after it; keep one flat folder per adapter."""
-    sub = staged / name
+def save_adapter(model, name: str, folder: Path) -> None:
+    """Save one adapter of a PeftModel as safetensors in one flat folder (PEFT puts a non-default adapter in
+    a sub-folder named after it)."""
+    model.save_pretrained(folder, selected_adapters=[name], safe_serialization=True)
+    sub = folder / name
     if sub.is_dir():
         for f in sub.iterdir():
-            os.replace(f, staged / f.name)
+            os.replace(f, folder / f.name)
         sub.rmdir()
 
 

@@ -54,7 +54,7 @@ def run(args) -> int:
     check_zoo(zoo)
     check_port(args.host, args.port)
     from demo.app import build_app, serve
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     runtime = Runtime(zoo, base=args.base)
     loaded = runtime.load_all()

@@ -42,15 +42,15 @@ def run(args) -> int:
 
 
 def per_task(zoo, names, args) -> int:
-    from tasks import get_task
+    from tasks import spec_for_adapter
     from zoo.evaluation import evaluate, summary
     from zoo.reports import read_loss_log, write_task_report
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     results = []
     with Runtime(zoo) as runtime:
         for name in names:
-            spec = get_task(zoo.get(name)["task"])
+            spec = spec_for_adapter(zoo, name)
             result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed)
             write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
             zoo.set_metrics(name, "eval", summary(result))
@@ -67,7 +67,7 @@ def cross_task(zoo, names, args) -> int:
     """Each adapter on several tasks (how a blend does everywhere)."""
     from tasks import all_tasks, get_task
     from zoo.evaluation import evaluate_adapter_on_task
-    from zoo.runtime import Runtime
+    from zoo.serving.runtime import Runtime
 
     specs = list(all_tasks().values()) if args.tasks == ["all"] else [get_task(t) for t in args.tasks]
     results = []
@@ -77,7 +77,7 @@ def cross_task(zoo, names, args) -> int:
                                                        seed=args.seed) for s in specs}
             results.append({"name": name, "n": args.n, "tasks": scores})
             zoo.set_metrics(name, "tasks", scores)
-    if any(zoo.get(n).get("kind") == "combined" for n in names):
+    if any(zoo.get(n).kind == "combined" for n in names):
         from zoo.combine import rows_from_manifest, write_combination_report
 
         write_combination_report(zoo, rows_from_manifest(zoo))

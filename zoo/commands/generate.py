@@ -20,7 +20,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from zoo.commands.prompts_io import read_prompts
-    from zoo.runtime import NONE, Runtime
+    from zoo.serving.runtime import NONE, Runtime
     from zoo.store import Zoo
 
     prompts = read_prompts(args.prompt)

@@ -20,9 +20,9 @@ def run_list(args) -> int:
     zoo = Zoo(args.zoo)
     entries = zoo.entries()
     problems = zoo.problems()
-    rows = [{"name": n, "task": e.get("task"), "kind": e.get("kind"), "base": e.get("base", {}),
-             "path": str(zoo.adapter_dir(n)), "lora": e.get("lora"), "metrics": e.get("metrics", {}),
-             "throughput": e.get("throughput"), "parents": e.get("parents"),
+    rows = [{"name": n, "task": e.task, "kind": e.kind, "base": e.to_json()["base"],
+             "path": str(zoo.adapter_dir(n)), "lora": e.lora, "metrics": e.metrics,
+             "throughput": e.throughput, "parents": list(e.blend.parents) if e.blend else None,
              "problems": [p.what for p in problems if p.name == n]} for n, e in sorted(entries.items())]
     if args.json:
         print(json.dumps({"zoo": str(zoo.root), "adapters": rows,

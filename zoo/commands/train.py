@@ -98,9 +98,9 @@ def run(args) -> int:
     loaded = load_base(base, quant=not args.no_quant)
     for spec in specs:
         entry = train_adapter(zoo, spec, loaded, name=args.name, data_dir=args.data_dir, resume=args.resume)
-        tp = entry["throughput"]
-        print(f"[zoo] {entry['name']}: {tp['examples']} examples in {tp['seconds']} s "
-              f"({tp['examples_per_s']} examples/s, {tp['tokens_per_s']} tokens/s), final loss {entry['final_loss']}")
+        tp = entry.throughput
+        print(f"[zoo] {entry.name}: {tp['examples']} examples in {tp['seconds']} s "
+              f"({tp['examples_per_s']} examples/s, {tp['tokens_per_s']} tokens/s), final loss {entry.final_loss}")
     if not args.no_router:
         refresh_router(zoo, args.data_dir)
     return 0
@@ -111,8 +111,8 @@ def _zoo_base(zoo) -> str:
 
     if zoo.manifest_path.exists():
         for e in zoo.entries().values():
-            if e.get("base", {}).get("id"):
-                return e["base"]["id"]
+            if e.base.id:
+                return e.base.id
     return DEFAULT_BASE
 
 
@@ -124,6 +124,6 @@ def refresh_router(zoo, data_dir) -> None:
         return
     try:
         fit_router(zoo, data_dir=data_dir)
-        print(f"[zoo] router refreshed for tasks: {', '.join(sorted({e['task'] for e in zoo.entries().values()}))}")
+        print(f"[zoo] router refreshed for tasks: {', '.join(sorted({e.task for e in zoo.entries().values()}))}")
     except ZooError as e:
         print(f"[zoo] warning: router not refreshed: {e}")

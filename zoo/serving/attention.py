@@ -3,7 +3,7 @@ and a prefill pass of several prompts back to back attends prompt by prompt.
 
 On a CPU, SDPA's flash kernel spends most of its time on tiling when the query is a single token: in bf16, 16 rows
 over 500 cached tokens took 4.1 ms per layer against 0.3 ms as matmuls (2 cores, measured), which made attention
-over half of a batched decode step. A packed prefill pass (`zoo.prefill`) passes `PIECES`: each prompt then attends
+over half of a batched decode step. A packed prefill pass (`zoo.serving.prefill`) passes `PIECES`: each prompt then attends
 to the cached shared prefix and itself only, so all of a batch's prompts can share one pass (its projections run as
 a few large matmuls) without one prompt-by-prompt mask over the whole pass. Training and GPUs keep transformers'
 own SDPA, untouched.

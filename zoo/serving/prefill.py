@@ -6,7 +6,7 @@ measured on SmolLM2-135M NF4 with an adapter). So the shared prefix runs once, a
 pass, back to back in one row: each restarts its positions after the prefix and sees the prefix and itself only.
 The result is one key/value pair per model layer per prompt, as if each ran alone.
 
-With the runtime's own attention (`zoo.attention`) a pass holds up to 1024 tokens and attention goes prompt by
+With the runtime's own attention (`zoo.serving.attention`) a pass holds up to 1024 tokens and attention goes prompt by
 prompt; otherwise one block mask covers a pass, which caps it at 256 tokens (the masked attention grows with the
 square of the pass). Passes of 1024 tokens beat both 256 and 2048-8192 here: 16 QA prompts with the adapter took
 3.6-3.7 s against 5.5-6.9 s in passes of 256, 16 dialogues 4.6 s against 5.0-6.1 s.
@@ -15,7 +15,7 @@ square of the pass). Passes of 1024 tokens beat both 256 and 2048-8192 here: 16 
 from __future__ import annotations
 
 PACK_TOKENS = 256  # remainders per pass under one prompt-by-prompt mask: past ~128 tokens a pass costs the same
-PIECEWISE_TOKENS = 1024  # remainders per pass when attention goes prompt by prompt (`zoo.attention.PIECES`)
+PIECEWISE_TOKENS = 1024  # remainders per pass when attention goes prompt by prompt (`zoo.serving.attention.PIECES`)
 MIN_SHARED = 8  # a shorter common prefix is not worth a pass of its own
 
 
@@ -68,7 +68,7 @@ def piecewise_inputs(pieces: list[list[int]], start: int, device=None):
 
     import torch
 
-    from zoo.attention import PIECES
+    from zoo.serving.attention import PIECES
 
     ids, positions = _row(pieces, start, device)
     lengths = [len(p) for p in pieces]
@@ -90,7 +90,7 @@ def prefill_rows(decoder, seqs: list[list[int]], device=None) -> list[list[tuple
     one `(keys, values)` of shape (1, kv heads, length, head dim) per model layer per sequence."""
     from transformers import DynamicCache
 
-    from zoo.attention import NAME
+    from zoo.serving.attention import NAME
 
     start = shared_prefix(seqs)
     prefix = None

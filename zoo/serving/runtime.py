@@ -11,10 +11,10 @@ import functools
 import threading
 import warnings
 
-from zoo.base import DEFAULT_BASE, check_same_base, load_base, unwrap_peft
-from zoo.dense import use_dense_weights
+from zoo.base import DEFAULT_BASE, load_base, unwrap_peft
+from zoo.serving.dense import use_dense_weights
 from zoo.errors import ZooError
-from zoo.lora_serving import use_serving_forwards
+from zoo.serving.lora_serving import use_serving_forwards
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo
 
@@ -37,9 +37,9 @@ class Runtime:
                  device: str | None = None):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         entries = self.zoo.entries() if self.zoo.manifest_path.exists() else {}
-        base = base or next((e["base"]["id"] for e in entries.values() if e.get("base")), DEFAULT_BASE)
+        base = base or next((e.base.id for e in entries.values() if e.base.id), DEFAULT_BASE)
         self.loaded = load_base(base, quant=quant, device=device)
-        self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.dense)
+        self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.serving.dense)
         self.tokenizer = self.loaded.tokenizer
         self.model = None  # becomes a PeftModel with the first adapter
         self.lock = threading.RLock()  # generation and adapter changes are serialized on the shared model
@@ -52,24 +52,14 @@ class Runtime:
 
     def available(self) -> list[str]:
         """Adapters of the zoo that are healthy and trained on this base."""
-        names = []
-        for name in self.zoo.healthy():
-            try:
-                check_same_base(self.zoo.get(name), self.loaded.ref)
-            except ZooError:
-                continue
-            names.append(name)
-        return names
+        entries = self.zoo.entries()
+        return [n for n in self.zoo.healthy() if entries[n].base.hash in (None, self.loaded.ref.hash)]
 
     def load_adapter(self, name: str) -> None:
         with self.lock:
             if name in self.adapters:
                 return
-            entry = self.zoo.get(name)
-            check_same_base(entry, self.loaded.ref)
-            bad = [p for p in self.zoo.problems() if p.name == name]
-            if bad:
-                raise ZooError(f"adapter {name!r} is damaged: {bad[0]}")
+            self.zoo.require_healthy(name, self.loaded.ref)
             path = str(self.zoo.adapter_dir(name))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -84,7 +74,7 @@ class Runtime:
                                             autocast_adapter_dtype=False, low_cpu_mem_usage=True)
             self._cast_adapter(name)
             self._share_identity_dropout(name)
-            use_serving_forwards(self.model)  # fewer tensor ops per LoRA layer (zoo.lora_serving)
+            use_serving_forwards(self.model)  # fewer tensor ops per LoRA layer (zoo.serving.lora_serving)
             self.model.eval()
 
     def _cast_adapter(self, name: str) -> None:
@@ -186,10 +176,12 @@ class Runtime:
     def _default_new_tokens(self, adapter: str) -> int:
         if adapter == NONE:
             return DEFAULT_MAX_NEW_TOKENS
-        from tasks import all_tasks
+        from tasks import spec_for_adapter
 
-        spec = all_tasks().get(self.zoo.get(adapter).get("task"))
-        return spec.max_new_tokens if spec else DEFAULT_MAX_NEW_TOKENS
+        try:
+            return spec_for_adapter(self.zoo, adapter).max_new_tokens
+        except ZooError:  # a task this process does not know: the general default
+            return DEFAULT_MAX_NEW_TOKENS
 
     def generate_ids(self, prompt_ids: list[list[int]], adapters: str | list[str], max_new_tokens: int,
                      batch_size: int = 8, progress: str | None = None, min_new_tokens: int = 0) -> list[str]:
@@ -268,13 +260,13 @@ class Runtime:
 
     def _prefill_batch(self, ids: list[list[int]], names: list[str], max_new_tokens: int):
         """The KV cache of every prompt but its last token as one left-padded batch cache, computed without pad
-        tokens: per adapter, the prompts' shared prefix once and their remainders packed (`zoo.prefill`).
+        tokens: per adapter, the prompts' shared prefix once and their remainders packed (`zoo.serving.prefill`).
 
         For CPUs, where a padded prefill spends compute and attention on pad tokens: 16 dialogues of 124-582
         tokens took 12.4 s as one padded batch and 5.6-5.9 s one by one on 2 cores. (A GPU wants the whole batch
         at once.)"""
-        from zoo.kvcache import left_padded_cache
-        from zoo.prefill import prefill_rows
+        from zoo.serving.kvcache import left_padded_cache
+        from zoo.serving.prefill import prefill_rows
 
         if min(len(x) for x in ids) < 2 or not self._plain_dynamic_cache:
             return None
