@@ -3,13 +3,21 @@
 `build_app(runtime)` only builds the page; `serve(app, ...)` (called by `zoo demo` and the tests) starts it.
 Every event that touches the model shares one queue slot (`concurrency_id="model"`), so concurrent visitors
 wait their turn instead of colliding on the shared PeftModel; the runtime's lock guards direct callers too.
+
+Visitors may be strangers (`zoo demo --host 0.0.0.0`): prompts are capped before tokenizing, the queue is
+bounded, a login can be required (`serve(auth=...)`), and errors reach the page as short text with no paths or
+exception details (those go to the server's log).
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from dataclasses import dataclass, field
+
 from demo.examples import EXAMPLES
-from demo.handlers import (ZOO_COLUMNS, Blender, auto_answer, blend_answer, blendable, manual_answer,
-                           router_problem, zoo_plots, zoo_rows, zoo_summary)
+from demo.handlers import (MAX_PROMPT_CHARS, ZOO_COLUMNS, Blender, auto_answer, blend_answer, blendable,
+                           manual_answer, router_problem, zoo_plots, zoo_rows, zoo_summary)
 from zoo.errors import ZooError, printable
 
 TITLE = "Adapter Zoo"
@@ -22,9 +30,20 @@ CSS = """
 .timing {font-size: 0.85em; opacity: 0.75; min-height: 1.4em;}
 """
 MODEL = dict(concurrency_id="model", concurrency_limit=1)  # one generation at a time on the shared model
+GENERIC_ERROR = "something went wrong on the server while answering; try again (the details are in its log)"
+_PATH = re.compile(r"(?<![\w.~])(?:~|[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+([^\s'\"/\\]+)")
+log = logging.getLogger("zoo.demo")
 
 
-def build_app(runtime):
+@dataclass(frozen=True)
+class Limits:
+    """What one visitor may ask of the shared server."""
+
+    prompt_chars: int = field(default=MAX_PROMPT_CHARS, metadata={"help": "longest prompt, checked before tokenizing"})
+    queue_size: int = field(default=64, metadata={"help": "requests waiting at once; more are turned away"})
+
+
+def build_app(runtime, limits: Limits = Limits()):
     """The demo page for a `Runtime` whose adapters are loaded (or load on first use)."""
     import gradio as gr
 
@@ -34,25 +53,28 @@ def build_app(runtime):
         gr.Markdown(zoo_summary(runtime, router_error), elem_id="zoo-summary")
         with gr.Tabs():
             with gr.Tab("Auto-route", id="auto"):
-                _auto_tab(gr, runtime, router_error)
+                _auto_tab(gr, runtime, router_error, limits)
             with gr.Tab("Pick an adapter", id="manual"):
-                _manual_tab(gr, runtime)
+                _manual_tab(gr, runtime, limits)
             with gr.Tab("Blend adapters", id="blend"):
-                _blend_tab(gr, runtime)
+                _blend_tab(gr, runtime, limits)
             with gr.Tab("The zoo", id="zoo"):
                 _zoo_tab(gr, app, runtime)
-    app.queue(default_concurrency_limit=1)
+    app.queue(default_concurrency_limit=1, max_size=limits.queue_size)
     return app
 
 
 def serve(app, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, block: bool = True,
-          reports_dir=None):
-    """Start the server (blocking unless `block=False`); returns Gradio's `(app, local_url, share_url)`."""
+          reports_dir=None, auth: tuple[str, str] | None = None):
+    """Start the server (blocking unless `block=False`); returns Gradio's `(app, local_url, share_url)`.
+    `auth` (user, password) makes every page and endpoint ask for a login first. `show_error=False`: only our
+    own short messages (`gr.Error`) reach the page, never an exception's text."""
     import gradio as gr
 
     return app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                      theme=theme(gr), css=CSS, ssr_mode=False,
-                      allowed_paths=[str(reports_dir)] if reports_dir else None, show_error=True, quiet=not block,
+                      theme=theme(gr), css=CSS, ssr_mode=False, auth=auth,
+                      auth_message="This Adapter Zoo demo asks for the login its host gave you." if auth else None,
+                      allowed_paths=[str(reports_dir)] if reports_dir else None, show_error=False, quiet=not block,
                       footer_links=["api", "gradio"])
 
 
@@ -63,9 +85,23 @@ def theme(gr):
                           font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
 
 
-def _fail(gr, e: ZooError):
-    """The error as one short message on the page (a 1 MB prompt must not come back in it)."""
-    return gr.Error(printable(str(e), limit=300), print_exception=False)
+def _shown(gr, outputs):
+    """Stream a handler's outputs to the page; a ZooError becomes one short message there (no 1 MB prompt
+    echoed, no folder paths), anything else a generic line, its traceback in the server's log only."""
+    try:
+        yield from outputs
+    except ZooError as e:
+        raise gr.Error(for_visitors(str(e)), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception:
+        log.exception("demo request failed")
+        raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+
+def for_visitors(text: str) -> str:
+    """A message fit for a stranger's page: printable, short, and every path cut to its last part."""
+    return printable(_PATH.sub(r"…/\1", text), limit=300)
 
 
 def _answer_pair(gr, label: str, prefix: str):
@@ -87,7 +123,7 @@ def _tokens_slider(gr):
                      info="0 = the task's own length (sentiment: a word, QA: a short span, summary: a sentence or two)")
 
 
-def _auto_tab(gr, runtime, router_error: str | None):
+def _auto_tab(gr, runtime, router_error: str | None, limits: Limits):
     adapters = runtime.available()
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -113,15 +149,12 @@ def _auto_tab(gr, runtime, router_error: str | None):
 
     def auto(prompt: str, fallback: str | None, tokens: float):
         """Route the prompt and stream the routed answer, then the base's."""
-        try:
-            yield from auto_answer(runtime, prompt, fallback, tokens)
-        except ZooError as e:
-            raise _fail(gr, e) from None
+        yield from _shown(gr, auto_answer(runtime, prompt, fallback, tokens, limits.prompt_chars))
 
     gr.on([go.click, prompt.submit], auto, [prompt, fallback, tokens], outputs, api_name="auto", **MODEL)
 
 
-def _manual_tab(gr, runtime):
+def _manual_tab(gr, runtime, limits: Limits):
     adapters = runtime.available()
     gr.Markdown("Pick any adapter of the zoo (trained, or a saved combination) and compare it with the base.")
     with gr.Row(equal_height=False):
@@ -139,15 +172,12 @@ def _manual_tab(gr, runtime):
 
     def manual(adapter: str, prompt: str, tokens: float):
         """Stream the chosen adapter's answer, then the base's."""
-        try:
-            yield from manual_answer(runtime, adapter, prompt, tokens)
-        except ZooError as e:
-            raise _fail(gr, e) from None
+        yield from _shown(gr, manual_answer(runtime, adapter, prompt, tokens, limits.prompt_chars))
 
     gr.on([go.click, prompt.submit], manual, [adapter, prompt, tokens], outputs, api_name="manual", **MODEL)
 
 
-def _blend_tab(gr, runtime):
+def _blend_tab(gr, runtime, limits: Limits):
     from zoo.combine import DENSITY_METHODS, METHODS
 
     names = blendable(runtime)
@@ -179,10 +209,8 @@ def _blend_tab(gr, runtime):
 
     def blend(method: str, density: float, prompt: str, tokens: float, *weights: float):
         """Build (or reuse) the weighted blend and stream its answer."""
-        try:
-            yield from blend_answer(runtime, blender, dict(zip(names, weights)), method, density, prompt, tokens)
-        except ZooError as e:
-            raise _fail(gr, e) from None
+        yield from _shown(gr, blend_answer(runtime, blender, dict(zip(names, weights)), method, density, prompt,
+                                           tokens, limits.prompt_chars))
 
     method.change(lambda m: f"*{m}*: {METHODS.get(m, '')}", method, about, api_visibility="private", queue=False)
     gr.on([go.click, prompt.submit], blend, [method, density, prompt, tokens, *sliders], [info, answer, answer_time],

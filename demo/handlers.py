@@ -6,13 +6,16 @@ streams each yield to the page, and a plain caller can just keep the last one. N
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import os
+import threading
 import time
 from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.reports import fmt
 from zoo.serving.runtime import DEFAULT_MAX_NEW_TOKENS, NONE
 
 SAME_MODEL = "same model: no adapter was chosen, so the routed answer is the base's"
@@ -21,9 +24,20 @@ ZOO_COLUMNS = ["adapter", "task", "kind", "base model", "rank", "size (MB)", "tr
                "base score", "adapter score", "gain", "status"]
 
 
+# A visitor's prompt is checked by its length in characters before the tokenizer sees it: tokenizing 1 MB holds
+# the only model slot for seconds. 16k characters is ~4k tokens, the API server's own prompt limit.
+MAX_PROMPT_CHARS = 16_000
+
+
 # generation -------------------------------------------------------------------------------------------------
-def check_prompt(prompt: str | None) -> str:
-    if not prompt or not prompt.strip():
+def check_prompt(prompt, max_chars: int = MAX_PROMPT_CHARS) -> str:
+    """The visitor's text, if it is text, not blank, and at most `max_chars` long (else one clear message)."""
+    if not isinstance(prompt, str):
+        raise ZooError("the prompt must be text")
+    if len(prompt) > max_chars:
+        raise ZooError(f"the prompt is {len(prompt):,} characters; this demo takes at most {max_chars:,}: "
+                       "shorten it")
+    if not prompt.strip():
         raise ZooError("the prompt is empty: type a request or click one of the examples")
     return prompt
 
@@ -33,19 +47,24 @@ def new_tokens(runtime, adapters: list[str], requested: float | None = 0) -> int
     (the base gets the same budget as the adapter it is compared with)."""
     if requested:
         return int(requested)
-    from tasks import all_tasks
+    return max(task_tokens(runtime.zoo, n) for n in adapters)
 
-    specs = all_tasks()
 
-    def one(name: str) -> int:
-        if name == NONE:
-            return DEFAULT_MAX_NEW_TOKENS
-        entry = runtime.zoo.get(name)  # a combination answers for each of its parents' tasks
-        found = [specs[t].max_new_tokens for t in {entry.get("task"), *(entry.get("parent_tasks") or {}).values()}
-                 if t in specs]
-        return max(found, default=DEFAULT_MAX_NEW_TOKENS)
+def task_tokens(zoo, name: str) -> int:
+    """The answer length of an adapter's task (`task.json`); a combination answers for each of its parents'
+    tasks too, so it gets the longest of theirs."""
+    from tasks import spec_for_adapter
 
-    return max(one(n) for n in adapters)
+    if name == NONE:
+        return DEFAULT_MAX_NEW_TOKENS
+    entry, known = zoo.get(name), zoo.entries()
+    found = []
+    for adapter in [name, *(p for p in (entry.blend.parents if entry.blend else ()) if p in known)]:
+        try:
+            found.append(spec_for_adapter(zoo, adapter).max_new_tokens)
+        except ZooError:  # a damaged task.json: the general default
+            continue
+    return max(found, default=DEFAULT_MAX_NEW_TOKENS)
 
 
 def timing(runtime, text: str, seconds: float) -> str:
@@ -113,10 +132,11 @@ def route_text(route: dict) -> str:
     return f"{head} → adapter {adapter!r}"
 
 
-def auto_answer(runtime, prompt: str, fallback: str | None = None, max_new_tokens: float = 0):
+def auto_answer(runtime, prompt: str, fallback: str | None = None, max_new_tokens: float = 0,
+                max_chars: int = MAX_PROMPT_CHARS):
     """Route, then stream the routed answer next to the base's.
     Yields `(route line, {route: probability}, answer, time, base answer, base time)`."""
-    prompt = check_prompt(prompt)
+    prompt = check_prompt(prompt, max_chars)
     route = pick_route(runtime, prompt, fallback)
     adapter = route["adapter"]
     probs = {k: float(v) for k, v in route.get("probs", {}).items()}
@@ -124,10 +144,10 @@ def auto_answer(runtime, prompt: str, fallback: str | None = None, max_new_token
                        head=(route_text(route), probs))
 
 
-def manual_answer(runtime, adapter: str, prompt: str, max_new_tokens: float = 0):
+def manual_answer(runtime, adapter: str, prompt: str, max_new_tokens: float = 0, max_chars: int = MAX_PROMPT_CHARS):
     """One adapter (or combination) of the zoo, picked by hand, next to the base.
     Yields `(answer, time, base answer, base time)`."""
-    prompt = check_prompt(prompt)
+    prompt = check_prompt(prompt, max_chars)
     if not adapter:
         raise ZooError("pick an adapter first")
     if adapter != NONE:
@@ -138,7 +158,7 @@ def manual_answer(runtime, adapter: str, prompt: str, max_new_tokens: float = 0)
 # blend ------------------------------------------------------------------------------------------------------
 def blendable(runtime) -> list[str]:
     """Trained adapters of the zoo (combinations are blended from their parents, not blended again)."""
-    return [n for n in runtime.available() if runtime.zoo.get(n).get("kind", "trained") == "trained"]
+    return [n for n in runtime.available() if runtime.zoo.get(n).kind == "trained"]
 
 
 def make_blend(weights: dict[str, float], method: str = "cat", density: float | None = None):
@@ -153,36 +173,38 @@ def make_blend(weights: dict[str, float], method: str = "cat", density: float | 
     return Blend(tuple(parts), tuple(parts.values()), method, density)
 
 
+_BLEND_IDS = itertools.count()  # PEFT names unique per process: two apps may share one runtime
+
+
 class Blender:
-    """Blends built on the runtime's PeftModel by `zoo.combine` (same checks and PEFT call as `zoo combine`),
-    in memory only. Built blends are kept by their `Blend`; beyond `keep`, the oldest is deleted so a long
-    session does not grow the model without bound."""
+    """Blends built in memory by `Runtime.temporary_adapter` (the same checks and PEFT call as `zoo combine`),
+    never saved. Built blends are kept by their `Blend` for reuse; beyond `keep`, the oldest is deleted so a
+    long session does not grow the model without bound."""
 
     def __init__(self, runtime, keep: int = 4):
         self.runtime = runtime
         self.keep = keep
-        self._built: OrderedDict = OrderedDict()
+        self._built: OrderedDict = OrderedDict()  # Blend -> (PEFT name, the ExitStack that deletes it)
+        self._lock = threading.Lock()
 
     def build(self, blend) -> tuple[str, bool]:
         """The PEFT adapter name of `blend`, built now unless cached; returns `(name, was_cached)`."""
-        from zoo.combine import apply_blend, plan
-
-        with self.runtime.lock:
+        with self._lock:
             if blend in self._built:
                 self._built.move_to_end(blend)
-                return self._built[blend], True
-            planned, _, _ = plan(self.runtime.zoo, blend)  # may put a parent first, as `zoo combine` does
-            for parent in planned.parents:
-                self.runtime.load_adapter(parent)
-            name = "blend_" + hashlib.sha1(repr(blend).encode()).hexdigest()[:10]
-            try:
-                apply_blend(self.runtime.model, list(planned.parents), planned, name)
-            except ValueError as e:
-                raise ZooError(f"cannot blend with {blend.method!r}: {e} (try 'cat' or 'svd')") from None
-            self._built[blend] = name
+                return self._built[blend][0], True
+            stack = ExitStack()
+            name = stack.enter_context(self.runtime.temporary_adapter(blend=blend, name=f"blend_{next(_BLEND_IDS)}"))
+            self._built[blend] = (name, stack)
             while len(self._built) > self.keep:
-                self.runtime.model.delete_adapter(self._built.popitem(last=False)[1])
+                self._built.popitem(last=False)[1][1].close()
         return name, False
+
+    def close(self) -> None:
+        """Delete every blend this blender built."""
+        with self._lock:
+            while self._built:
+                self._built.popitem()[1][1].close()
 
 
 def recipe(blend, seconds: float | None) -> str:
@@ -193,9 +215,9 @@ def recipe(blend, seconds: float | None) -> str:
 
 
 def blend_answer(runtime, blender: Blender, weights: dict[str, float], method: str, density: float | None,
-                 prompt: str, max_new_tokens: float = 0):
+                 prompt: str, max_new_tokens: float = 0, max_chars: int = MAX_PROMPT_CHARS):
     """Build (or reuse) the blend and stream its answer. Yields `(recipe, answer, time)`."""
-    prompt = check_prompt(prompt)
+    prompt = check_prompt(prompt, max_chars)
     blend = make_blend(weights, method, density)
     t0 = time.perf_counter()
     name, cached = blender.build(blend)
@@ -212,9 +234,9 @@ def size_mb(path: Path) -> float | None:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6, 2)
 
 
-def _rank(zoo, name: str, entry: dict) -> int | None:
-    if (entry.get("lora") or {}).get("r"):
-        return entry["lora"]["r"]
+def _rank(zoo, name: str, entry) -> int | None:
+    if entry.lora.get("r"):
+        return entry.lora["r"]
     try:
         import json
 
@@ -224,28 +246,30 @@ def _rank(zoo, name: str, entry: dict) -> int | None:
 
 
 def _score(metric: str, value) -> float | None:
-    if value is None:
-        return None
-    return round(float(value), 3 if metric in ("accuracy", "macro_f1") else 1)
+    """A number for the table, rounded as `zoo.metrics.METRICS` shows it."""
+    return None if value is None else float(fmt(metric, float(value)))
 
 
-def zoo_row(zoo, name: str, entry: dict, problem: str | None) -> list:
-    base = entry.get("base") or {}
-    base_id = short_base(str(base.get("id", "-")))
-    ev = (entry.get("metrics") or {}).get("eval") or {}
+def zoo_row(zoo, name: str, entry, problem: str | None) -> list:
+    ev = entry.metrics.get("eval") or {}
     metric = ev.get("metric")
     b, a = (_score(metric, ev.get(k, {}).get(metric)) if metric else None for k in ("base", "adapter"))
     gain = _score(metric, a - b) if a is not None and b is not None else None
-    return [name, entry.get("task") or "-", entry.get("kind") or "-",
-            base_id + (" (NF4)" if base.get("quantized") else ""), _rank(zoo, name, entry),
-            size_mb(zoo.adapter_dir(name)), (entry.get("throughput") or {}).get("seconds"),
+    return [name, entry.task, entry.kind,
+            short_base(entry.base.id or "-") + (" (NF4)" if entry.base.quantized else ""), _rank(zoo, name, entry),
+            size_mb(zoo.adapter_dir(name)), (entry.throughput or {}).get("seconds"),
             metric or "not evaluated", b, a, gain, f"broken: {problem}" if problem else "ok"]
 
 
 def zoo_rows(zoo) -> list[list]:
-    """One row per adapter of the manifest (columns: `ZOO_COLUMNS`), broken ones included and marked."""
+    """One row per adapter of the manifest (columns: `ZOO_COLUMNS`), broken ones included and marked; an entry
+    too damaged to read shows only its name and what is wrong."""
     problems = {p.name: p.what for p in zoo.problems()}
-    return [zoo_row(zoo, n, e, problems.get(n)) for n, e in sorted(zoo.entries().items())]
+    entries = zoo.entries()
+    rows = {n: zoo_row(zoo, n, e, problems.get(n)) for n, e in entries.items()}
+    unreadable = [None, None, None, "-", None, None, None]  # rank ... gain: nothing is known
+    rows.update({n: [n, "-", "-", "-", *unreadable, f"broken: {what}"] for n, what in problems.items() if n not in rows})
+    return [rows[n] for n in sorted(rows)]
 
 
 def zoo_plots(zoo) -> list[tuple[str, str]]:
@@ -267,6 +291,6 @@ def zoo_summary(runtime, router_error: str | None) -> str:
     quant = "NF4 4-bit" if runtime.loaded.quantized else "full precision"
     router = ("**router:** not available" if router_error else
               f"**router:** routes to {', '.join(str(c) for c in runtime.router.classes_)}")
-    return (f"**Zoo:** `{runtime.zoo.root}` · {n} adapter{'s' * (n != 1)} · "
+    return (f"**Zoo:** `{runtime.zoo.root.resolve().name}` · {n} adapter{'s' * (n != 1)} · "
             f"**base:** `{short_base(ref.id)}` ({quant}, {runtime.loaded.device}) · "
             f"{router}")

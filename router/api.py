@@ -20,7 +20,7 @@ from zoo.fsutil import atomic_write_bytes, atomic_write_json, replace_dir
 from zoo.store import PICKLE_SUFFIXES, now_iso
 
 FORMAT = "adapter-zoo-router"
-VERSION = 1
+VERSION = 2  # 2: temperature, five shape features
 META_FILE = "router.json"
 WEIGHTS_FILE = "router.safetensors"
 RETRAIN = "run `zoo route --train` to fit it again"
@@ -63,20 +63,37 @@ def route_to_adapter(zoo, route: str) -> str | None:
 
 # fit ---------------------------------------------------------------------------------------------
 def fit_router(zoo, data_dir=None, seed: int = 0, tasks: list[str] | None = None, rows_per_task: int = 300,
-               **params) -> Router:
-    """Fit a router for `tasks` (default: the tasks the zoo's adapters serve), save it in the zoo, return it.
+               calibrate: bool = True, **params) -> Router:
+    """Fit a router for `tasks` (default: the tasks the zoo's adapters serve), calibrate it, save it in the
+    zoo, return it.
 
-    `params` go to `Router` (e.g. `features="ngrams"` for a fit without the embedding model)."""
-    from router.data import training_set
-
+    `params` go to `Router` (e.g. `features="ngrams"` for a fit without the embedding model); a `threshold`
+    given there is kept, else calibration chooses it (`router.calibration`)."""
     specs = _task_specs(zoo, tasks if tasks is not None else sorted(zoo_routes(zoo)), explicit=tasks is not None)
-    t0 = time.perf_counter()
-    prompts, labels = training_set(specs, data_dir=data_dir, rows_per_task=rows_per_task, seed=seed)
-    router = Router(seed=seed, **params).fit(prompts, labels)
-    counts = {r: labels.count(r) for r in sorted(set(labels))}
-    save_router(zoo, router, {"prompts_per_route": counts, "rows_per_task": rows_per_task, "seed": seed,
-                              "fit_seconds": round(time.perf_counter() - t0, 2)})
+    router, training = fit_specs(specs, data_dir, seed, rows_per_task, calibrate, **params)
+    save_router(zoo, router, training)
     return router
+
+
+def fit_specs(specs: list, data_dir=None, seed: int = 0, rows_per_task: int = 300, calibrate: bool = True,
+              augment: tuple[str, ...] | None = None, **params) -> tuple[Router, dict]:
+    """Fit (and calibrate) a router for task specs without touching a zoo: (router, training facts).
+    `augment`: the training set's augmentations (default `router.data.AUGMENT`)."""
+    from router.calibration import calibrate as fit_calibration
+    from router.data import AUGMENT, calibration_set, split_rows, training_set
+
+    t0 = time.perf_counter()
+    split = {s.name: split_rows(s, data_dir, rows_per_task, seed) for s in specs}
+    augment = AUGMENT if augment is None else tuple(augment)
+    prompts, labels = training_set(specs, seed=seed, rows={k: fit for k, (fit, _) in split.items()}, augment=augment)
+    router = Router(seed=seed, **params).fit(prompts, labels)
+    training = {"prompts_per_route": {r: labels.count(r) for r in sorted(set(labels))},
+                "rows_per_task": rows_per_task, "seed": seed, "augment": list(augment)}
+    if calibrate:
+        cal_prompts, cal_labels = calibration_set(specs, {k: cal for k, (_, cal) in split.items()}, seed)
+        training["calibration"] = fit_calibration(router, cal_prompts, cal_labels, keep_threshold="threshold" in params)
+    training["fit_seconds"] = round(time.perf_counter() - t0, 2)
+    return router, training
 
 
 def _task_specs(zoo, names: list[str], explicit: bool) -> list:
@@ -114,6 +131,7 @@ def save_router(zoo, router: Router, training: dict | None = None) -> None:
     meta = {"format": FORMAT, "version": VERSION, "created": now_iso(),
             "tasks": [r for r in routes if r != NONE], "classes": routes,
             "served": sorted(set(routes) & zoo_routes(zoo)), "threshold": router.threshold,
+            "temperature": float(getattr(router, "temperature_", 1.0)),
             "params": router.get_params(), "weights_sha256": hashlib.sha256(blob).hexdigest(),
             "training": training or {}}
     staged = zoo.root / ".staging" / f"router-{os.getpid()}-{time.time_ns()}"
@@ -146,6 +164,7 @@ def load_router(zoo, check_tasks: bool = True) -> Router:
     except TypeError as e:
         raise ZooError(f"{meta_path} has parameters this version does not know ({e}); {RETRAIN}") from None
     router.classes_, router.coef_, router.intercept_ = _read_weights(folder / WEIGHTS_FILE, meta, router.feature_dim())
+    router.temperature_ = _temperature(meta, meta_path)
     _warn_unknown_tasks(zoo, router)
     return router
 
@@ -182,6 +201,14 @@ def _read_meta(path) -> dict:
     if missing:
         raise ZooError(f"{path} lacks {sorted(missing)}; {RETRAIN}")
     return meta
+
+
+def _temperature(meta: dict, path) -> float:
+    """Routers saved before calibration have none: 1.0 is the uncalibrated softmax."""
+    t = meta.get("temperature", 1.0)
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.01 <= t <= 100:
+        raise ZooError(f"{path} has temperature {t!r}, not a number between 0.01 and 100; {RETRAIN}")
+    return float(t)
 
 
 def _read_weights(path, meta: dict, dim: int):

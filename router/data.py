@@ -1,51 +1,23 @@
 """Training and evaluation prompts for the router, built from the task registry and the data folder.
 
-Training: every row sampled from a task's train split, rendered with each of the task's templates, plus the
-out-of-scope prompts of `router.oos` for `none`. Evaluation: validation rows and each task's out-of-domain
-dataset (`spec.ood`), phrased the way people ask (`HELD_OUT`, never in any template), and the held-out
-out-of-scope prompts.
+Training: rows sampled from a task's train split, rendered with each of the task's templates and in the
+training generator's framings (`router.phrasings`), plus the out-of-scope prompts of `router.oos` and
+task-looking inputs put to other jobs for `none`. Calibration: disjoint train rows in the generator's
+held-back wording. Evaluation (`eval_sets`): validation rows and each task's out-of-domain dataset
+(`spec.ood`), in the templates, the training generator and the separately written `router.heldout`.
 """
 
 from __future__ import annotations
 
 import string
 
+from router import heldout, phrasings
 from router.model import NONE
 from router.oos import oos_prompts
 from zoo.data import data_dir_from_env, load_rows, read_jsonl
 from zoo.errors import ZooError
 
-# Phrasings for the report only; none of them is (or may become) one of the tasks' templates (a test checks).
-# "{context} {question}" is the raw input with its question: training sees the bare inputs joined by a blank
-# line (`bare_prompts`), so that one phrasing differs from training only by the separator.
-HELD_OUT: dict[str, tuple[str, ...]] = {
-    "sentiment": (
-        "what did you think of this: {sentence}",
-        "{sentence}\n\nWas that a good or bad review?",
-        "hey is this review happy or unhappy? {sentence}",
-        "Tell me if the following comment is favorable: {sentence}",
-        "{sentence} -- thumbs up or thumbs down?",
-        'How does the author feel here? "{sentence}"',
-        "Would you say this customer was satisfied? {sentence}",
-    ),
-    "qa": (
-        "{context} {question}",
-        "Using this text: {context}\nI want to know: {question}",
-        "hey quick one - {question} here's the article: {context}",
-        "Here is some background.\n{context}\nCan you tell me: {question}",
-        "Text: {context}\nMy question is {question}",
-        "Look at this paragraph and tell me {question}\n\n{context}",
-    ),
-    "summarization": (
-        "{dialogue}\n\ntl;dr?",
-        "{dialogue}\n\nCan you sum that up?",
-        "What's the gist of this chat?\n{dialogue}",
-        "Condense the following exchange into a sentence:\n{dialogue}",
-        "{dialogue}\nIn a nutshell, what were they talking about?",
-        "Recap this conversation for me: {dialogue}",
-        "Give me the short version:\n{dialogue}",
-    ),
-}
+AUGMENT = ("bare", "swap", "flip", "vary")
 
 
 def task_prompts(spec, rows: list[dict]) -> list[str]:
@@ -92,22 +64,53 @@ def flipped_prompts(spec, rows: list[dict]) -> list[str]:
     return phrase(tuple(flips), rows, spec.input_columns) if flips else []
 
 
+def split_rows(spec, data_dir=None, rows_per_task: int = 300, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(fit rows, calibration rows) from the task's train split, disjoint: the calibration split is a
+    third the size of the fit split."""
+    import random
+
+    rows = load_rows(spec, spec.train_split, data_dir=data_dir, seed=seed)
+    picked = random.Random(seed).sample(rows, min(len(rows), rows_per_task + max(1, rows_per_task // 3)))
+    return picked[:rows_per_task], picked[rows_per_task:]
+
+
 def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int = 0,
-                 augment: tuple[str, ...] = ("bare", "swap", "flip")) -> tuple[list[str], list[str]]:
-    """(prompts, routes): every task's sampled rows in all its templates plus `augment`, then the
-    out-of-scope training prompts as `none`. Each augmentation was kept because the dev set needed it
-    (numbers in `router.model`)."""
-    rows = {s.name: load_rows(s, s.train_split, data_dir=data_dir, limit=rows_per_task, seed=seed) for s in specs}
+                 augment: tuple[str, ...] = AUGMENT, rows: dict | None = None) -> tuple[list[str], list[str]]:
+    """(prompts, routes): every task's fit rows in all its templates plus `augment` (`vary`: the training
+    generator of `router.phrasings`), then the out-of-scope training prompts as `none`."""
+    rows = rows or {s.name: split_rows(s, data_dir, rows_per_task, seed)[0] for s in specs}
     passages = {s.name: [str(r[s.truncate_column]) for r in rows[s.name]] for s in specs if s.truncate_column}
     prompts: list[str] = []
     labels: list[str] = []
     for spec in specs:
         others = [x for name, ps in passages.items() if name != spec.name for x in ps]
-        p = augmented_prompts(spec, rows[spec.name], others, augment, seed)
+        p = phrasings.rename_some(augmented_prompts(spec, rows[spec.name], others, augment, seed), seed)
         prompts += p
         labels += [spec.name] * len(p)
-    oos = oos_prompts("train")
+    oos = [p for i, p in enumerate(oos_prompts("train")) if i % 5 != 4]
+    if "vary" in augment:
+        oos += phrasings.other_job_prompts(_inputs(specs, rows), len(specs) * len(rows[specs[0].name]), seed)
     return prompts + oos, labels + [NONE] * len(oos)
+
+
+def calibration_set(specs: list, rows: dict, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Prompts to fit the temperature and choose the threshold on: the calibration rows in the training
+    generator's held-back wording (`part="calibrate"`), every 5th out-of-scope training prompt (left out of
+    the fit) and other-job prompts. Never the evaluation sets."""
+    prompts: list[str] = []
+    labels: list[str] = []
+    for spec in specs:
+        p = phrasings.varied_prompts(spec, rows[spec.name], seed, per_row=2, part="calibrate")
+        prompts += p
+        labels += [spec.name] * len(p)
+    oos = [p for i, p in enumerate(oos_prompts("train")) if i % 5 == 4]
+    oos += phrasings.other_job_prompts(_inputs(specs, rows), len(prompts) // 3, seed, part="calibrate")
+    return prompts + oos, labels + [NONE] * len(oos)
+
+
+def _inputs(specs: list, rows: dict) -> list[str]:
+    """Each task's main input (a review, a passage, a chat): texts for the other-job prompts."""
+    return [str(r[s.truncate_column or s.input_columns[0]]) for s in specs for r in rows[s.name]]
 
 
 def augmented_prompts(spec, rows: list[dict], other_passages: list[str], augment: tuple[str, ...],
@@ -117,6 +120,8 @@ def augmented_prompts(spec, rows: list[dict], other_passages: list[str], augment
         out += bare_prompts(spec, rows)
     if "flip" in augment:
         out += flipped_prompts(spec, rows)
+    if "vary" in augment:
+        out += phrasings.varied_prompts(spec, rows, seed)
     if "swap" in augment:
         templates = list(spec.templates) + (flipped_templates(spec) if "flip" in augment else [])
         out += swapped_prompts(spec, rows, other_passages, templates, seed)
@@ -153,23 +158,24 @@ def _text(value) -> str:
 
 
 def eval_sets(specs: list, data_dir=None, n: int = 100, seed: int = 1) -> dict[str, tuple[list[str], list[str]]]:
-    """Named sets of (prompts, gold routes): validation x templates / held-out phrasings, ood, out-of-scope."""
+    """Named sets of (prompts, gold routes) on rows the router never saw: validation rows in the templates,
+    in the training generator's wording (`same-generator`) and in the separate one's (`different-generator`);
+    out-of-domain rows; out-of-scope prompts from both generators."""
     sets: dict[str, tuple[list[str], list[str]]] = {}
+    texts: list[str] = []
     for spec in specs:
         rows = load_rows(spec, spec.eval_split, data_dir=data_dir, limit=n, seed=seed)
-        phrasings = HELD_OUT.get(spec.name)
-        sets[f"{spec.name}/validation/templates"] = (phrase(spec.templates, rows, spec.input_columns),
-                                                     [spec.name] * len(rows))
-        if phrasings:
-            sets[f"{spec.name}/validation/held-out"] = (phrase(phrasings, rows, spec.input_columns),
-                                                        [spec.name] * len(rows))
+        texts += [str(r[spec.truncate_column or spec.input_columns[0]]) for r in rows]
+        named = {"validation/templates": phrase(spec.templates, rows, spec.input_columns),
+                 "validation/same-generator": phrasings.varied_prompts(spec, rows, seed, per_row=1),
+                 "validation/different-generator": heldout.task_prompts(spec, rows, seed)}
         ood = ood_rows(spec, data_dir, limit=n, seed=seed)
         if ood:
-            sets[f"{spec.name}/ood/templates"] = (phrase(spec.templates, ood, spec.input_columns),
-                                                  [spec.name] * len(ood))
-            if phrasings:
-                sets[f"{spec.name}/ood/held-out"] = (phrase(phrasings, ood, spec.input_columns),
-                                                     [spec.name] * len(ood))
+            named["ood/templates"] = phrase(spec.templates, ood, spec.input_columns)
+            named["ood/different-generator"] = heldout.task_prompts(spec, ood, seed)
+        sets.update({f"{spec.name}/{k}": (v, [spec.name] * len(v)) for k, v in named.items() if v})
     oos = oos_prompts("eval")
     sets["none/out-of-scope"] = (oos, [NONE] * len(oos))
+    other = heldout.none_prompts(texts[::2], seed)
+    sets["none/different-generator"] = (other, [NONE] * len(other))
     return sets

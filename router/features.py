@@ -16,8 +16,12 @@ import numpy as np
 KINDS = ("ngrams", "minilm", "mix")
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
 EMBED_DIM = 384
+CACHE_SIZE = 100_000  # embedded segments kept per process (~150 MB)
+N_SHAPE = 5  # columns of `structure_features`
 _SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]+")
+# a chat line: a speaker label of one to three words ("Bob", "Mr. Lee", "Anna says") then ':', '-', '>' or a dash
+_TURN = re.compile(r"^\W{0,2}[\w.'#]+(?: [\w.'#]+){0,2}\W{0,2}\s*(?::|-|>|\u2014|\u2013)+\s", re.MULTILINE)
 
 
 def clip(text: str, head: int, tail: int) -> str:
@@ -85,12 +89,14 @@ def _overlap(segment: str, rest: str) -> float:
 
 
 def structure_features(texts: list[str], chars: int) -> np.ndarray:
-    """Dense shape features: overlap of the first / last segment with the rest, length, line count."""
-    out = np.zeros((len(texts), 4), np.float32)
+    """Dense shape features: overlap of the first / last segment with the rest, length, line count, and the
+    share of lines that look like chat turns (whatever the speakers are called)."""
+    out = np.zeros((len(texts), N_SHAPE), np.float32)
     for i, t in enumerate(texts):
         first, last = ends(t, chars)
+        lines = t.count("\n") + 1
         out[i] = (_overlap(first, t[len(first):]), _overlap(last, t[:-len(last)] if last else t),
-                  np.log1p(len(t)) / 8.0, np.log1p(t.count("\n")) / 4.0)
+                  np.log1p(len(t)) / 8.0, np.log1p(lines - 1) / 4.0, min(1.0, len(_TURN.findall(t)) / lines))
     return out
 
 
@@ -120,13 +126,16 @@ class Embedder:
 
     def __call__(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Unit vectors for `texts`. Each distinct text is embedded once, in batches of similar length, so
-        little time goes into padding (template sentences repeat hundreds of times in the training set)."""
-        unique = sorted(set(texts), key=len)
-        vectors: dict[str, np.ndarray] = {}
+        little time goes into padding (template sentences repeat hundreds of times in the training set), and
+        kept: a refit with one task more embeds only that task's new segments."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if len(cache) > CACHE_SIZE:
+            cache.clear()
+        unique = sorted(set(texts) - cache.keys(), key=len)
         for i in range(0, len(unique), batch_size):
             batch = unique[i:i + batch_size]
-            vectors.update(zip(batch, self._encode(batch)))
-        return np.stack([vectors[t] for t in texts]) if texts else np.zeros((0, EMBED_DIM), np.float32)
+            cache.update(zip(batch, self._encode(batch)))
+        return np.stack([cache[t] for t in texts]) if texts else np.zeros((0, EMBED_DIM), np.float32)
 
     def _encode(self, batch: list[str]) -> np.ndarray:
         enc = self.tokenizer(batch, padding=True, truncation=True, max_length=EMBED_MAX_TOKENS, return_tensors="pt")

@@ -30,11 +30,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from router.features import EMBED_DIM, KINDS, embed_features, ngram_blocks, structure_features
+from router.features import EMBED_DIM, KINDS, N_SHAPE, embed_features, ngram_blocks, structure_features
 from zoo.errors import ZooError
 
 NONE = "none"
-N_SHAPE = 4
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -46,7 +45,8 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Router(ClassifierMixin, BaseEstimator):
     """Maps prompts to a task name or `none`; below `threshold` confidence the answer is `none` too.
 
-    Learned attributes: `classes_` (route names), `coef_` (n_classes, n_features_in_), `intercept_`.
+    Learned attributes: `classes_` (route names), `coef_` (n_classes, n_features_in_), `intercept_`,
+    `temperature_` (the softmax temperature fit on the calibration split; 1.0 before).
     """
 
     def __init__(self, features: str = "mix", n_features: int = 2**17, head_chars: int = 200,
@@ -109,10 +109,15 @@ class Router(ClassifierMixin, BaseEstimator):
         if len(self.classes_) == 2:  # binary LR keeps one row: sigmoid(z) == softmax([0, z])
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
         self.coef_, self.intercept_ = np.ascontiguousarray(coef), intercept.astype(np.float32)
+        self.temperature_ = 1.0
         return self
 
+    def logits_from_features(self, X) -> np.ndarray:
+        return np.asarray(X @ self._weights()) + self.intercept_
+
     def proba_from_features(self, X) -> np.ndarray:
-        return softmax(np.asarray(X @ self._weights()) + self.intercept_)
+        """Softmax of the logits over `temperature_` (1 until `router.calibration` fits it)."""
+        return softmax(self.logits_from_features(X) / np.float32(getattr(self, "temperature_", 1.0)))
 
     def _weights(self) -> np.ndarray:
         """coef_.T, C-contiguous and cached: a strided view costs a 4 MB copy inside every sparse product."""

@@ -69,6 +69,10 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ZooError(f"{name} must be at least 1 (got {value})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ZooError(f"warmup_ratio must be at least 0 and below 1 (got {self.warmup_ratio})")
+        if self.seed < 0:
+            raise ZooError(f"seed must be at least 0 (got {self.seed})")
         if self.optimizer not in OPTIMIZERS:
             raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

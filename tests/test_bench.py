@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from zoo.bench import bars, rss_bytes, run_worker
+from zoo.bench import bars
+from zoo.bench.measure import rss_bytes
+from zoo.bench.workers import run_worker
 from zoo.cli import main
 from zoo.errors import ZooError
 
@@ -128,7 +130,7 @@ def test_reference_sees_the_same_prompts_as_ours(tiny_base_dir, data_dir):
     from transformers import AutoTokenizer
 
     from tasks import get_task
-    from zoo.bench_reference import format_examples
+    from zoo.bench.reference import format_examples
     from zoo.data import load_rows
     from zoo.train import build_examples
 
@@ -145,11 +147,12 @@ def test_reference_sees_the_same_prompts_as_ours(tiny_base_dir, data_dir):
 
 def test_a_failing_section_is_recorded_and_the_others_still_run(tiny_base_dir, data_dir, monkeypatch):
     import zoo.bench as bench
+    from zoo.bench import sections
 
     def broken(*a, **k):
         raise RuntimeError("router exploded")
 
-    monkeypatch.setattr(bench, "bench_router", broken)
+    monkeypatch.setattr(sections, "bench_router", broken)
     cfg = bench.config_for("tiny", base=str(tiny_base_dir), data_dir=str(data_dir), isolate=False,
                            sections=("memory", "router"))
     r = bench.run_bench(cfg)
@@ -163,7 +166,8 @@ def test_reference_runs_in_fp32_on_a_cpu_and_again_in_our_dtype_when_asked(monke
 
     import zoo.base
     import zoo.bench as bench
-    from zoo.bench_reference import reference_dtype
+    from zoo.bench import sections
+    from zoo.bench.reference import reference_dtype
 
     assert reference_dtype("cpu") == torch.float32
     monkeypatch.setattr(zoo.base, "pick_compute_dtype", lambda device: torch.bfloat16)  # a CPU with AVX512-BF16
@@ -175,13 +179,38 @@ def test_reference_runs_in_fp32_on_a_cpu_and_again_in_our_dtype_when_asked(monke
         return {"examples_per_s": {"train-ours": 6.0}.get(job["kind"], 3.0 if job["match_dtype"] else 2.0),
                 "tokens_per_s": 1.0, "train_seconds": 1.0, "peak_rss_mb": 1.0}
 
-    monkeypatch.setattr(bench, "run_worker", fake_worker)
+    monkeypatch.setattr(sections, "run_worker", fake_worker)
     out = {}
-    bench.bench_training(bench.config_for("tiny", tasks=("sentiment",), reference_same_dtype=True), tmp_path,
-                         "cpu", out)
+    sections.bench_training(bench.config_for("tiny", tasks=("sentiment",), reference_same_dtype=True), tmp_path,
+                            "cpu", out)
     assert [(j["kind"], j["match_dtype"]) for j in jobs] == [
         ("train-ours", False), ("train-reference", False), ("train-reference", True)]
     assert out["sentiment"]["speedup"] == 3.0 and out["sentiment"]["speedup_same_dtype"] == 2.0
     jobs.clear()
-    bench.bench_training(bench.config_for("tiny", tasks=("sentiment",)), tmp_path, "cpu", {})
+    sections.bench_training(bench.config_for("tiny", tasks=("sentiment",)), tmp_path, "cpu", {})
     assert len(jobs) == 2  # quick and tiny runs leave the extra run out
+
+
+def test_work_zoo_adapters_are_installed_entries_with_their_task(tiny_base_dir, tmp_path):
+    """Random and borrowed adapters enter the bench's zoo as typed entries with their task.json, whole on disk;
+    the user's adapters on another base are not borrowed."""
+    from tasks import spec_for_adapter
+    from zoo.base import load_base
+    from zoo.bench.adapters import copy_zoo_adapters, make_random_adapters
+    from zoo.manifest import BaseInfo
+    from zoo.store import Zoo
+
+    loaded = load_base(str(tiny_base_dir), device="cpu")
+    user, work = Zoo(tmp_path / "user"), Zoo(tmp_path / "work")
+    assert make_random_adapters(user, loaded, 4) == ["random-sentiment-0", "random-qa-1", "random-summarization-2",
+                                                     "random-sentiment-3"]
+    entries = user.entries()
+    assert {e.kind for e in entries.values()} == {"random"} and entries["random-qa-1"].task == "qa"
+    assert entries["random-qa-1"].base.hash == loaded.ref.hash
+    assert spec_for_adapter(user, "random-summarization-2").name == "summarization"
+    assert user.problems() == [] and not (user.root / ".staging").exists()
+    user.put(entries["random-sentiment-3"].with_(base=BaseInfo("other", "0" * 16, True)))  # another base
+    assert copy_zoo_adapters(user, work, loaded.ref, limit=2) == ["random-qa-1", "random-sentiment-0"]
+    assert copy_zoo_adapters(user, work, loaded.ref, limit=5) == ["random-summarization-2"]  # the rest: taken
+    assert work.get("random-qa-1") == entries["random-qa-1"] and work.problems() == []
+    assert spec_for_adapter(work, "random-qa-1").name == "qa"

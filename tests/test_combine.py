@@ -7,8 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from zoo.cli import main
-from zoo.combine import METHODS, Blend, blend_row, delta_norm, norm_balanced, search, write_combination_report
+from zoo.combine import METHODS, Blend
+from zoo.combine.search import blend_row, delta_norm, norm_balanced, search
 from zoo.errors import ZooError
+from zoo.manifest import BaseInfo
+from zoo.reports import write_combination_report
 from zoo.store import Zoo
 from tests.helpers import make_adapter as add_adapter  # tests/test_merge.py imports it from here
 
@@ -43,14 +46,16 @@ def test_every_method_builds_a_loadable_adapter_with_lineage(zoo, method):
     rc = cli(zoo, "sent", "qa1", "--weights", "0.6", "0.4", "--method", method, "--name", "blend", *extra)
     assert rc == 0
     entry = zoo.get("blend")
-    assert entry["kind"] == "combined" and entry["parents"] == ["sent", "qa1"] and entry["weights"] == [0.6, 0.4]
-    assert entry["method"] == method and entry["task"] == "sentiment" and entry["route_as"] == []
-    assert entry["density"] == (0.7 if extra else None)
-    assert entry["base"]["hash"] == zoo.get("sent")["base"]["hash"]
-    assert entry["lora"]["r"] == (8 if method == "cat" else 4)
+    blend = entry.blend
+    assert entry.kind == "combined" and blend.parents == ("sent", "qa1") and blend.weights == (0.6, 0.4)
+    assert blend.method == method and entry.task == "sentiment" and entry.route_as == ()
+    assert blend.density == (0.7 if extra else None) and blend.parent_tasks == {"sent": "sentiment", "qa1": "qa"}
+    assert blend.seed == (0 if method.startswith("dare") else None)
+    assert entry.base == zoo.get("sent").base
+    assert entry.lora["r"] == (8 if method == "cat" else 4)
     folder = zoo.adapter_dir("blend")
     files = {p.name for p in folder.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "combination.json"} <= files
+    assert {"adapter_config.json", "adapter_model.safetensors", "combination.json", "task.json"} <= files
     assert not [f for f in files if f.endswith((".bin", ".pt")) or (folder / f).is_dir()]  # flat, no pickles
     assert json.loads((folder / "combination.json").read_text())["parents"] == ["sent", "qa1"]
     assert zoo.problems() == []
@@ -84,15 +89,59 @@ def test_linear_is_the_product_of_blended_factors(zoo):
 def test_combined_adapter_is_served_by_the_runtime(zoo, tiny_base_dir):
     from zoo.serving.runtime import Runtime
 
+    from tasks import spec_for_adapter
+
     assert cli(zoo, "sent", "qa1", "--name", "both", "--route-as", "qa", "sentiment") == 0
     entry = zoo.get("both")
-    assert entry["task"] == "qa" and entry["route_as"] == ["qa", "sentiment"] and entry["method"] == "cat"
-    assert entry["weights"] == [0.5, 0.5]
+    assert entry.task == "qa" and entry.route_as == ("qa", "sentiment") and entry.blend.method == "cat"
+    assert entry.blend.weights == (0.5, 0.5)
+    assert spec_for_adapter(zoo, "both").name == "qa"  # from its own task.json, as eval and serving read it
     rt = Runtime(zoo, base=str(tiny_base_dir), quant=False)
     out = {n: rt.generate(["hello there"], adapter=n, max_new_tokens=6)[0]["answer"] for n in ("none", "both")}
     assert out["none"] != out["both"]
     assert "both" in rt.available()
     rt.close()
+
+
+def test_temporary_blend_lives_only_inside_its_block(zoo, tiny_base_dir):
+    """`Runtime.temporary_adapter(blend=...)`: served like any adapter inside the block, gone after it (an error
+    included), and it never takes a name that is in use."""
+    from zoo.serving.runtime import Runtime
+
+    with Runtime(zoo, base=str(tiny_base_dir), quant=False) as rt:
+        alone = rt.generate(["hello there"], adapter="sent", max_new_tokens=6)[0]["answer"]
+        with rt.temporary_adapter(blend=Blend(("sent", "qa1"), (1.0, 0.0), "cat"), name="tmp") as name:
+            assert name == "tmp" and "tmp" in rt.adapters
+            assert rt.generate(["hello there"], adapter=name, max_new_tokens=6)[0]["answer"] == alone
+        assert rt.adapters == ["qa1", "sent"]
+        with pytest.raises(RuntimeError, match="inside"):
+            with rt.temporary_adapter(blend=Blend(("sent", "qa1"), (0.5, 0.5), "svd"), name="tmp"):
+                raise RuntimeError("inside")
+        assert rt.adapters == ["qa1", "sent"]
+        with pytest.raises(ZooError, match="exists already"):
+            rt.temporary_adapter(blend=Blend(("sent", "qa1"), (0.5, 0.5)), name="sent")
+        with pytest.raises(ZooError, match="exactly one"):
+            rt.temporary_adapter(name="x")
+        assert set(zoo.entries()) == {"sent", "qa1"}
+
+
+def test_temporary_adapter_from_a_folder(zoo, tiny_base_dir, tmp_path):
+    """A PEFT folder outside the zoo answers as the same adapter from the zoo would; a damaged one is refused."""
+    import shutil
+
+    from zoo.serving.runtime import Runtime
+
+    folder = tmp_path / "outside"
+    shutil.copytree(zoo.adapter_dir("sent"), folder)
+    with Runtime(zoo, base=str(tiny_base_dir), quant=False) as rt:
+        with rt.temporary_adapter(folder=folder, name="visitor") as name:
+            answer = rt.generate(["hello there"], adapter=name, max_new_tokens=6)[0]["answer"]
+        assert rt.adapters == []
+        assert answer == rt.generate(["hello there"], adapter="sent", max_new_tokens=6)[0]["answer"]
+        weights = folder / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:50])
+        with pytest.raises(ZooError, match="cannot load"):
+            rt.temporary_adapter(folder=folder, name="visitor")
 
 
 def test_different_ranks_need_cat_or_svd(zoo, tiny_base_dir):
@@ -102,25 +151,26 @@ def test_different_ranks_need_cat_or_svd(zoo, tiny_base_dir):
             from zoo.combine import combine
             combine(zoo, Blend(("sent", "r8"), (0.5, 0.5), method), "x")
     assert cli(zoo, "sent", "r8", "--method", "cat", "--name", "c") == 0
-    assert zoo.get("c")["lora"]["r"] == 12
+    assert zoo.get("c").lora["r"] == 12
     assert cli(zoo, "sent", "r8", "--method", "svd", "--name", "s") == 0
-    assert zoo.get("s")["lora"]["r"] == 8
+    assert zoo.get("s").lora["r"] == 8
     assert cli(zoo, "sent", "r8", "--method", "linear", "--name", "l") == 2
     assert "l" not in zoo.entries() and not zoo.adapter_dir("l").exists()
 
 
-@pytest.mark.parametrize("lora,reason", [
-    ({"use_dora": True}, "DoRA"),
-    ({"use_rslora": True}, "rsLoRA"),
-    ({"bias": "lora_only"}, "biases"),
-    ({"lora_bias": True}, "biases"),
+@pytest.mark.parametrize("lora,refusal,reason", [
+    ({"use_dora": True}, "cannot combine 'odd'", "DoRA"),
+    ({"use_rslora": True}, "cannot combine 'odd'", "rsLoRA"),
+    # trained biases: the zoo's health check (zoo.adapter_config) refuses them before combine looks
+    ({"bias": "lora_only"}, "adapter 'odd' is damaged", "bias"),
+    ({"lora_bias": True}, "adapter 'odd' is damaged", "lora_bias"),
 ])
-def test_features_peft_gets_wrong_are_refused(zoo, tiny_base_dir, capsys, lora, reason):
+def test_features_peft_gets_wrong_are_refused(zoo, tiny_base_dir, capsys, lora, refusal, reason):
     add_adapter(zoo, tiny_base_dir, "odd", "qa", seed=4, **lora)
     assert cli(zoo, "sent", "odd", "--name", "x") == 2
     err = capsys.readouterr().err
-    assert "cannot combine 'odd'" in err and reason in err
-    assert "x" not in zoo.entries()
+    assert refusal in err and reason in err
+    assert "x" not in zoo.entries() and not zoo.adapter_dir("x").exists()
 
 
 def test_layer_layouts(zoo, tiny_base_dir):
@@ -129,7 +179,7 @@ def test_layer_layouts(zoo, tiny_base_dir):
     add_adapter(zoo, tiny_base_dir, "bottom", "qa", seed=6, layers_to_transform=[0])
     assert cli(zoo, "top", "sent", "--weights", "0.3", "0.7", "--name", "cover") == 0
     entry = zoo.get("cover")
-    assert entry["parents"] == ["sent", "top"] and entry["weights"] == [0.7, 0.3]
+    assert entry.blend.parents == ("sent", "top") and entry.blend.weights == (0.7, 0.3)
     d, d_sent, d_top = (deltas(zoo.adapter_dir(n)) for n in ("cover", "sent", "top"))
     for k in d:
         torch.testing.assert_close(d[k], 0.7 * d_sent[k] + 0.3 * d_top.get(k, 0), atol=1e-4, rtol=1e-4)
@@ -158,14 +208,14 @@ def test_bad_input_is_refused_and_nothing_is_overwritten(zoo, tiny_base_dir, cap
     assert zoo.manifest_path.read_text() == manifest
     assert not (tmp_path / "x").exists() and not (zoo.root.parent / "x").exists()
     # another base: same architecture, different weights
-    zoo.put("alien", {**zoo.get("qa1"), "name": "alien", "base": {"id": str(tiny_base_dir), "hash": "sha256:00"}})
+    zoo.put(zoo.get("qa1").with_(name="alien", base=BaseInfo(str(tiny_base_dir), "sha256:00")))
     import shutil
     shutil.copytree(zoo.adapter_dir("qa1"), zoo.adapter_dir("alien"))
     assert cli(zoo, "sent", "alien", "--name", "y") == 2
     assert "different bases" in capsys.readouterr().err
     # --force replaces
     assert cli(zoo, "qa1", "sent", "--name", "keep", "--force", "--method", "svd") == 0
-    assert zoo.get("keep")["parents"] == ["qa1", "sent"] and zoo.get("keep")["method"] == "svd"
+    assert zoo.get("keep").blend.parents == ("qa1", "sent") and zoo.get("keep").blend.method == "svd"
 
 
 def test_search_picks_the_best_blend_and_writes_the_report(zoo, monkeypatch, capsys):
@@ -194,13 +244,14 @@ def test_search_picks_the_best_blend_and_writes_the_report(zoo, monkeypatch, cap
     best = report[0]
     assert best["chosen"] and best["adapter"] == "best" and not any(r["chosen"] for r in report[1:])
     entry = zoo.get("best")
-    assert [entry["method"], entry["weights"]] == [best["blend"]["method"], best["blend"]["weights"]]
-    assert entry["metrics"]["search"]["mean_fraction"] == pytest.approx(best["mean_fraction"])
+    assert [entry.blend.method, list(entry.blend.weights)] == [best["blend"]["method"], best["blend"]["weights"]]
+    assert entry.metrics["search"]["mean_fraction"] == pytest.approx(best["mean_fraction"])
     assert abs(best["tasks"]["qa"]["fraction"] - best["tasks"]["qa"]["score"] / 50.0) < 1e-9
     assert (zoo.reports_dir / "combinations.png").stat().st_size > 1000
     assert "**" + best["name"] + "**" in (zoo.reports_dir / "combinations.md").read_text()
     assert ("sent", "sentiment") in calls and ("qa1", "qa") in calls and ("sent", "qa") not in calls
     assert not zoo.adapter_dir("zoo_search_0").exists() and set(zoo.entries()) == {"sent", "qa1", "best"}
+    assert {adapter for adapter, _ in calls} >= {"zoo_search_0", "zoo_search_11"}  # every blend was scored
 
 
 def test_search_scores_real_outputs_on_the_nf4_base(zoo, data_dir):

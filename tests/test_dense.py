@@ -6,29 +6,61 @@ import torch
 from zoo.serving import dense
 
 
-@pytest.fixture()
-def nf4_model(tiny_base_dir):
+def _nf4(base_dir, dtype=torch.float32):
     """A fresh NF4 load (not the shared cached base): no inference pass has repacked its weights yet."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(tiny_base_dir, quantization_config=config,
+                                bnb_4bit_compute_dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=config, dtype=dtype,
                                                 device_map={"": "cpu"}).eval()
 
 
-def test_dense_copies_give_the_nf4_outputs_for_long_passes_only(nf4_model, monkeypatch):
+@pytest.fixture()
+def nf4_model(tiny_base_dir):
+    return _nf4(tiny_base_dir)
+
+
+def _has_fused_kernel() -> bool:
+    """Whether bitsandbytes runs its fused NF4 kernel on this CPU (it needs AVX512-BF16)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # fp32: what CPUs without bf16 compute in
+def test_without_the_fused_kernel_the_dense_copy_serves_every_pass(tiny_base_dir, dtype, monkeypatch):
+    """The path of CPUs without AVX512-BF16, taken on every CPU: bitsandbytes dequantizes on each call, so the
+    copy serves short passes too, with the same outputs."""
+    model = _nf4(tiny_base_dir, dtype)
+    layers = dense._nf4_layers(model)
+    for layer in layers:
+        monkeypatch.setattr(layer, "support_avx512bf16_for_cpu", False)
+    ids = torch.randint(5, 500, (1, dense.MIN_ROWS + 5))
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits  # bitsandbytes' own path (no copies yet)
+        size = dense.use_dense_weights(model)
+        got = model(input_ids=ids).logits
+        short = torch.randn(1, 2, layers[0].in_features, dtype=dtype)
+        got_short, kernel_short = layers[0](short), type(layers[0]).forward(layers[0], short)
+    assert size == sum(m.in_features * m.out_features * dtype.itemsize for m in layers) > 0
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    torch.testing.assert_close(got_short, kernel_short, atol=tol, rtol=tol)
+    torch.testing.assert_close(got_short, torch.nn.functional.linear(short, layers[0]._zoo_dense))
+
+
+@pytest.mark.skipif(not _has_fused_kernel(), reason="bitsandbytes' fused NF4 kernel needs a CPU with AVX512-BF16, "
+                    "which this one lacks (the path without it: test_without_the_fused_kernel_...)")
+def test_with_the_fused_kernel_dense_copies_give_its_outputs_for_long_passes_only(nf4_model, monkeypatch):
     ids = torch.randint(5, 500, (1, dense.MIN_ROWS + 5))
     size = dense.use_dense_weights(nf4_model)  # before any inference pass, as the runtime does
     layers = dense._nf4_layers(nf4_model)
+    assert all(layer.support_avx512bf16_for_cpu for layer in layers)  # bitsandbytes' own choice, not forced
     with torch.inference_mode(), monkeypatch.context() as m:
         m.setattr(dense, "MIN_ROWS", 10**9)
-        for layer in layers:
-            m.setattr(layer, "support_avx512bf16_for_cpu", True)
         want_long = nf4_model(input_ids=ids).logits  # every pass through bitsandbytes' kernel
     assert size == dense.dense_weight_bytes(nf4_model) == sum(m.in_features * m.out_features * 4 for m in layers)
-    for layer in layers:
-        monkeypatch.setattr(layer, "support_avx512bf16_for_cpu", True)  # as on CPUs with its fused kernel
     with torch.inference_mode():
         got_long = nf4_model(input_ids=ids).logits
         layer = layers[0]
@@ -38,9 +70,6 @@ def test_dense_copies_give_the_nf4_outputs_for_long_passes_only(nf4_model, monke
     torch.testing.assert_close(got_long, want_long, atol=5e-3, rtol=2e-2)  # the kernel rounds inputs to bf16
     assert torch.equal(got_short, kernel_short)  # a decode-sized pass keeps the NF4 kernel
     assert dense.use_dense_weights(nf4_model) == size  # idempotent
-    monkeypatch.setattr(layer, "support_avx512bf16_for_cpu", False)  # no fused kernel: the copy serves all passes
-    with torch.inference_mode():
-        torch.testing.assert_close(layer(short), torch.nn.functional.linear(short, layer._zoo_dense))
 
 
 def test_dense_copy_is_the_dequantized_weight(nf4_model):

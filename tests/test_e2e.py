@@ -24,7 +24,7 @@ def test_training_loss_falls_and_throughput_is_saved(trained_zoo):
     log = json.loads((trained_zoo.adapter_dir("sentiment") / "training.json").read_text())["loss_log"]
     assert len(log) >= 3
     assert log[-1]["loss"] < log[0]["loss"]
-    assert entry["throughput"]["tokens_per_s"] > 0 and entry["throughput"]["examples_per_s"] > 0
+    assert entry.throughput["tokens_per_s"] > 0 and entry.throughput["examples_per_s"] > 0
     assert entry.base.id == "smollm2-135m" and entry.base.hash.startswith("sha256:")
     assert entry.base.quantized is True
 

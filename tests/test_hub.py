@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import struct
 import threading
@@ -16,16 +17,20 @@ import pytest
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from tests import helpers
 from tests.helpers import make_adapter
 from zoo.base import resolve_base
 from zoo.cli import main
 from zoo.fsutil import atomic_write_json
+from zoo.manifest import BaseInfo
+from zoo.outdir import MARKER
 from zoo.store import Zoo
 
 TOKEN = "hf_TestSecretToken1234567890abcdefXYZ"
 EVAL = {"task": "sentiment", "name": "sent", "n": 50, "split": "validation", "seed": 0, "metric": "accuracy",
         "base": {"accuracy": 0.52, "macro_f1": 0.41}, "adapter": {"accuracy": 0.86, "macro_f1": 0.855}}
-ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "training.json", "zoo_entry.json"]
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "task.json", "training.json",
+                 "zoo_entry.json"]
 
 
 def _png() -> bytes:
@@ -86,8 +91,8 @@ def test_dry_run_writes_the_repo_folder_and_a_valid_card(tiny_zoo, tmp_path, no_
     out = tmp_path / "out"
     assert push(tiny_zoo, "sent", "--repo", "alice/sst2-lora", "--dry-run", "--out", str(out)) == 0
     folder = out / "sst2-lora"
-    files = sorted(p.name for p in folder.iterdir())
-    assert files == sorted([*ADAPTER_FILES, "eval.png"])
+    files = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
+    assert files == sorted([*ADAPTER_FILES, "eval.png"]) and (folder / MARKER).is_file()
     printed = capsys.readouterr().out
     assert "alice/sst2-lora" in printed and all(f in printed for f in files)
     assert (folder / "adapter_model.safetensors").read_bytes() == \
@@ -151,21 +156,23 @@ def test_card_without_metrics_has_no_model_index(tiny_zoo, tmp_path, no_token):
 
 
 def test_card_names_the_embedded_base_and_maps_licenses():
+    from tasks import get_task
     from zoo.hub import build_card, hf_license
 
-    entry = {"name": "summ", "task": "summarization", "base": {"id": "smollm2-135m", "hash": "sha256:x",
-                                                               "quantized": False},
-             "metrics": {"eval": {"task": "summarization", "n": 20, "base": {"rouge1": 10.0, "rougeL": 8.0},
-                                  "adapter": {"rouge1": 30.5, "rouge2": 9.25, "rougeL": 25.0}}}}
-    meta = build_card(entry, "bob/summ").data.to_dict()
+    entry = helpers.entry("summ", "summarization", base=BaseInfo("smollm2-135m", "sha256:x", False),
+                          metrics={"eval": {"task": "summarization", "n": 20, "base": {"rouge1": 10.0, "rougeL": 8.0},
+                                            "adapter": {"rouge1": 30.5, "rouge2": 9.25, "rougeL": 25.0}}})
+    card = build_card(entry, get_task("summarization"), "bob/summ")
+    meta = card.data.to_dict()
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["license"] == "cc-by-nc-sa-4.0" and "qlora" not in meta["tags"]  # full-precision base: plain LoRA
     _, results = model_index_to_eval_results(meta["model-index"])
     assert {r.metric_type: r.metric_value for r in results} == {"rouge1": 30.5, "rouge2": 9.25, "rougeL": 25.0}
     assert {r.task_type for r in results} == {"summarization"}
+    assert "| rougeL | 8.0 | 25.0 | +17.0 |" in card.text  # points shown as METRICS says: one decimal
     assert hf_license("Apache-2.0") == {"license": "apache-2.0"}
     assert hf_license("Custom research terms v2") == {"license": "other", "license_name": "custom-research-terms-v2"}
-    unknown_task = build_card({**entry, "task": "no_such_task", "metrics": {}}, "bob/x").data.to_dict()
+    unknown_task = build_card(entry.with_(task="no_such_task", metrics={}), None, "bob/x").data.to_dict()
     assert unknown_task["license"] == "unknown" and "datasets" not in unknown_task
 
 
@@ -189,6 +196,31 @@ def test_dry_run_single_repo(tiny_zoo, tmp_path, no_token):
     assert sorted(p.name for p in (folder / "adapters" / "sent").iterdir()) == sorted([*ADAPTER_FILES, "eval.png"])
     assert 'subfolder="adapters/sent"' in (folder / "adapters" / "sent" / "README.md").read_text()
     assert json.loads((folder / "zoo.json").read_text())["adapters"]["qa1"]["path"] == "adapters/qa1"
+
+
+@pytest.mark.reliability
+def test_dry_run_never_replaces_a_folder_it_did_not_write(tiny_zoo, tmp_path, no_token, monkeypatch, capsys):
+    """`zoo push NAME --dry-run --out .` beside the zoo with a repo named like the zoo folder, or like a folder
+    of the user's: exit 2 with one line, everything byte for byte as it was; a folder an earlier dry run wrote
+    (or an empty one) is replaced."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_zoo.root, work / "zoo")
+    (work / "notes").mkdir()
+    (work / "notes" / "todo.md").write_text("mine")
+    monkeypatch.chdir(work)
+    for repo in ("alice/zoo", "alice/notes"):
+        before = all_bytes(work)
+        assert main(["push", "sent", "--repo", repo, "--dry-run", "--out", ".", "--zoo", "zoo"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "did not write" in err and "--out" in err, err
+        assert all_bytes(work) == before and sorted(p.name for p in work.iterdir()) == ["notes", "zoo"]
+    assert Zoo(work / "zoo").healthy() == ["qa1", "sent"]
+    assert main(["push", "sent", "--repo", "alice/sst2-lora", "--dry-run", "--out", ".", "--zoo", "zoo"]) == 0
+    (work / "sst2-lora" / "stale.md").write_text("from the first dry run")
+    assert main(["push", "sent", "--repo", "alice/sst2-lora", "--dry-run", "--out", ".", "--zoo", "zoo"]) == 0
+    assert not (work / "sst2-lora" / "stale.md").exists() and (work / "sst2-lora" / "adapter_config.json").is_file()
+    (work / "empty").mkdir()
+    assert main(["push", "qa1", "--repo", "alice/empty", "--dry-run", "--out", ".", "--zoo", "zoo"]) == 0
 
 
 def test_push_argument_errors_are_exit_2(tiny_zoo, tmp_path, no_token, capsys):
@@ -303,7 +335,8 @@ def test_push_uploads_every_repo_through_hfapi(tiny_zoo, tmp_path, fake_hub, cap
     assert push(tiny_zoo, "--all", "--repo", "alice/zoo", "--dry-run", "--out", str(out)) == 0
     for repo, files in fake_hub.files.items():
         local = out / repo.split("/")[1]
-        assert sorted(files) == sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        assert sorted(files) == sorted(p.relative_to(local).as_posix() for p in local.rglob("*")
+                                       if p.is_file() and p.name != MARKER)  # the output marker stays local
         assert all(data == (local / rel).read_bytes() for rel, data in files.items())
         assert all(TOKEN.encode() not in data for data in files.values())
     printed = capsys.readouterr()
@@ -346,10 +379,11 @@ def test_pull_adapter_from_a_local_repo_folder(published, tiny_zoo, tiny_base_di
     assert pull(dest.root, str(published / "sst2-lora"), "--base", str(tiny_base_dir), "--name", "mine") == 0
     assert dest.healthy() == ["mine"]
     entry, original = dest.get("mine"), tiny_zoo.get("sent")
-    assert entry["metrics"] == original["metrics"] and entry["task"] == "sentiment"
-    assert entry["base"]["hash"] == original["base"]["hash"] and entry["base"]["id"] == str(tiny_base_dir)
+    assert entry.metrics == original.metrics and entry.task == "sentiment" and entry.kind == "trained"
+    assert entry.base.hash == original.base.hash and entry.base.id == str(tiny_base_dir)
+    assert entry.pulled_from == str(published / "sst2-lora") and entry.path == "adapters/mine"
     assert sorted(p.name for p in dest.adapter_dir("mine").iterdir()) == \
-        ["adapter_config.json", "adapter_model.safetensors", "training.json"]
+        ["adapter_config.json", "adapter_model.safetensors", "task.json", "training.json"]
     assert (dest.adapter_dir("mine") / "adapter_model.safetensors").read_bytes() == \
         (tiny_zoo.adapter_dir("sent") / "adapter_model.safetensors").read_bytes()
     assert not (dest.root / ".staging").exists()
@@ -365,8 +399,7 @@ def test_embedded_base_round_trip_needs_no_base_flag(tiny_zoo, tmp_path, no_toke
     pulls back without --base: `smollm2-135m` resolves locally and its fingerprint is checked."""
     src = Zoo(tmp_path / "src")
     shutil.copytree(tiny_zoo.adapter_dir("sent"), src.adapter_dir("sent"))
-    src.put("sent", {**tiny_zoo.get("sent"), "base": {"id": "smollm2-135m", "hash": resolve_base().hash,
-                                                      "quantized": True}})
+    src.put(tiny_zoo.get("sent").with_(base=BaseInfo("smollm2-135m", resolve_base().hash, True)))
     out = tmp_path / "out"
     assert push(src, "sent", "--repo", "alice/sent", "--dry-run", "--out", str(out)) == 0
     assert metadata_load(out / "sent" / "README.md")["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -374,7 +407,7 @@ def test_embedded_base_round_trip_needs_no_base_flag(tiny_zoo, tmp_path, no_toke
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     dest = Zoo(tmp_path / "dest")
     assert pull(dest.root, str(out / "sent")) == 0
-    assert dest.get("sent")["base"] == {"id": "smollm2-135m", "hash": resolve_base().hash, "quantized": True}
+    assert dest.get("sent").base == BaseInfo("smollm2-135m", resolve_base().hash, True)
 
 
 def test_pull_whole_zoo_from_local_folders(published, tiny_base_dir, tmp_path):
@@ -382,7 +415,7 @@ def test_pull_whole_zoo_from_local_folders(published, tiny_base_dir, tmp_path):
     assert pull(dest.root, str(published / "zoo"), "--base", str(tiny_base_dir)) == 0
     assert dest.healthy() == ["qa1", "sent"]
     assert (dest.router_dir / "router.json").is_file() and not (dest.router_dir / "router.pkl").exists()
-    assert dest.get("sent")["pulled_from"] == "alice/zoo-sent"
+    assert dest.get("sent").pulled_from == "alice/zoo-sent"
 
 
 def test_pull_single_repo_zoo(tiny_zoo, tiny_base_dir, tmp_path, no_token):
@@ -433,7 +466,7 @@ def test_pull_from_hub_takes_only_safe_files(published, tiny_base_dir, tmp_path,
 
     import huggingface_hub
 
-    import zoo.hubnet
+    import zoo.hub.common
 
     repo_dir = tmp_path / "hub-repo"
     shutil.copytree(published / "sst2-lora", repo_dir)
@@ -442,16 +475,21 @@ def test_pull_from_hub_takes_only_safe_files(published, tiny_base_dir, tmp_path,
     calls = []
 
     def fake_snapshot(repo_id, allow_patterns=None, **kw):
+        """The Hub cache's layout: every snapshot file is a relative link into the repo's `blobs/`."""
         calls.append((repo_id, allow_patterns))
-        snap = tmp_path / "snapshot"
+        cache = tmp_path / "hub-cache" / "models--alice--sst2-lora"
+        snap = cache / "snapshots" / ("0" * 40)
         for p in repo_dir.rglob("*"):
             rel = p.relative_to(repo_dir).as_posix()
             if p.is_file() and any(fnmatch.fnmatch(rel, pat) for pat in allow_patterns):
+                blob = cache / "blobs" / rel.replace("/", "_")
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, blob)
                 (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, snap / rel)
+                (snap / rel).symlink_to(os.path.relpath(blob, (snap / rel).parent))
         return str(snap)
 
-    monkeypatch.setattr(zoo.hubnet, "hub_reachable", lambda timeout=5.0: True)
+    monkeypatch.setattr(zoo.hub.common, "hub_reachable", lambda timeout=5.0: True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: sorted(
         p.relative_to(repo_dir).as_posix() for p in repo_dir.rglob("*") if p.is_file()))
@@ -461,7 +499,8 @@ def test_pull_from_hub_takes_only_safe_files(published, tiny_base_dir, tmp_path,
     (repo_dir / "adapter_model.bin").unlink()
     assert pull(dest.root, "alice/sst2-lora", "--base", str(tiny_base_dir)) == 0
     assert calls == [("alice/sst2-lora", ["*.safetensors", "*.json", "*.md", "*.png"])]
-    assert dest.healthy() == ["sent"] and dest.get("sent")["pulled_from"] == "alice/sst2-lora"
+    assert dest.healthy() == ["sent"] and dest.get("sent").pulled_from == "alice/sst2-lora"
+    assert not any(p.is_symlink() for p in dest.root.rglob("*"))  # the cache's links were followed, not copied
 
 
 def test_token_never_written(tiny_zoo, tmp_path, fake_hub, tiny_base_dir):
@@ -473,3 +512,144 @@ def test_token_never_written(tiny_zoo, tmp_path, fake_hub, tiny_base_dir):
     for root in (tmp_path, tiny_zoo.root):
         for path, data in all_bytes(root):
             assert TOKEN.encode() not in data, path
+
+
+# what a pulled adapter may bring (issue 16) ------------------------------------------------------------------------
+def tamper(published: Path, tmp_path: Path, change) -> Path:
+    """A copy of the published `sst2-lora` repo folder with `change(folder)` applied."""
+    repo = tmp_path / "tampered" / "sst2-lora"
+    shutil.copytree(published / "sst2-lora", repo)
+    change(repo)
+    return repo
+
+
+def edit_json(path: Path, **changes) -> None:
+    atomic_write_json(path, {**json.loads(path.read_text()), **changes})
+
+
+def refused(dest: Path, capsys, *args: str) -> str:
+    """The pull exits 2 with one line and leaves `dest` exactly as it was."""
+    before = all_bytes(dest) if dest.exists() else None
+    assert pull(dest, *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert (all_bytes(dest) if dest.exists() else None) == before
+    return err
+
+
+def test_pulled_entry_keeps_only_known_fields_and_no_routes(published, tiny_base_dir, tmp_path):
+    """A published entry's unknown fields and its `route_as` do not survive the pull: routes stay the user's."""
+    repo = tamper(published, tmp_path, lambda r: edit_json(r / "zoo_entry.json", route_as=["qa", "sentiment"],
+                                                           created_by="someone", repo="evil/other"))
+    dest = Zoo(tmp_path / "dest")
+    assert pull(dest.root, str(repo), "--base", str(tiny_base_dir)) == 0
+    entry = dest.get("sent")
+    assert entry.route_as == () and entry.routes == ("sentiment",) and entry.repo is None and entry.extra == {}
+    assert "created_by" not in dest.read()["adapters"]["sent"]
+
+
+@pytest.mark.parametrize("change", [{"task": "../../etc/passwd"}, {"metrics": ["not", "a", "table"]},
+                                    {"base": {"hash": 42}}, {"kind": "root"}])
+def test_pulled_entry_of_the_wrong_shape_is_refused(change, published, tiny_base_dir, tmp_path, capsys):
+    repo = tamper(published, tmp_path, lambda r: edit_json(r / "zoo_entry.json", **change))
+    err = refused(tmp_path / "dest", capsys, str(repo), "--base", str(tiny_base_dir))
+    assert "nothing was added" in err
+
+
+def test_base_comes_from_here_never_from_the_pulled_metadata(published, tiny_base_dir, tmp_path, monkeypatch,
+                                                            capsys):
+    """`base.id: evil/huge` in the pulled entry is never resolved (no download): the base is the one of the
+    zoo pulled into (or --base, or the embedded default)."""
+    import zoo.base
+
+    asked = []
+    monkeypatch.setattr(zoo.base, "_hub_path", lambda repo_id: asked.append(repo_id) or tiny_base_dir)
+    evil = {"id": "evil/huge", "hub_id": "evil/huge", "hash": resolve_base(str(tiny_base_dir)).hash}
+    repo = tamper(published, tmp_path, lambda r: edit_json(r / "zoo_entry.json", base=evil))
+    dest = Zoo(tmp_path / "dest")
+    assert "was trained on base" in refused(dest.root, capsys, str(repo))  # fresh zoo: the embedded base only
+    assert pull(dest.root, str(published / "sst2-lora"), "--base", str(tiny_base_dir), "--name", "first") == 0
+    assert pull(dest.root, str(repo), "--name", "second") == 0  # no --base: this zoo's own base
+    assert dest.get("second").base.id == str(tiny_base_dir) and asked == []
+
+
+def test_pulled_task_spec_travels_with_its_adapter(tiny_zoo, tiny_base_dir, tmp_path, no_token):
+    """An adapter of a task-file task (not in any registry) is published with its `task.json`, the local data
+    folder shortened to its name, and a pulled copy knows its task in a new zoo."""
+    from tasks import TaskSpec, all_tasks, get_task, save_spec, spec_for_adapter
+
+    src = Zoo(tmp_path / "src")
+    shutil.copytree(tiny_zoo.adapter_dir("sent"), src.adapter_dir("mood"))
+    src.put(tiny_zoo.get("sent").with_(name="mood", task="mood", path="adapters/mood", metrics={}))
+    spec = TaskSpec.from_json(
+        {**get_task("sentiment").to_json(), "name": "mood", "dataset": str(tmp_path / "data" / "moods"),
+         "local_dir": None})
+    save_spec(src.adapter_dir("mood"), spec)
+    assert "mood" not in all_tasks()
+    out = tmp_path / "out"
+    assert push(src, "mood", "--repo", "alice/mood", "--dry-run", "--out", str(out)) == 0
+    assert str(tmp_path).encode() not in (out / "mood" / "task.json").read_bytes()
+    dest = Zoo(tmp_path / "dest")
+    assert pull(dest.root, str(out / "mood"), "--base", str(tiny_base_dir)) == 0
+    pulled = spec_for_adapter(dest, "mood")
+    assert pulled.name == "mood" and pulled.templates == spec.templates and pulled.labels == spec.labels
+    assert (pulled.dataset, pulled.local_dir) == ("moods", "moods")
+
+
+@pytest.mark.parametrize("change", [{"metric": "exec"}, {"name": "qa"}, {"dataset": "/home/someone/.ssh"},
+                                    {"local_dir": "../../etc"}, {"ood": {"dataset": "/etc", "split": "passwd"}},
+                                    {"templates": ["{text.__class__}"]}, [1, 2]])
+def test_pulled_task_spec_is_checked_before_anything_is_written(change, published, tiny_base_dir, tmp_path, capsys):
+    def damage(repo: Path):
+        path = repo / "task.json"
+        data = change if isinstance(change, list) else {**json.loads(path.read_text()), **change}
+        atomic_write_json(path, data)
+
+    repo = tamper(published, tmp_path, damage)
+    assert "task.json" in refused(tmp_path / "dest", capsys, str(repo), "--base", str(tiny_base_dir))
+
+
+def test_symlink_out_of_the_pulled_folder_is_refused(published, tiny_base_dir, tmp_path, capsys):
+    """`training.json` linking to a file outside the folder (a credentials file) is never copied in; a link that
+    stays inside the folder is fine."""
+    secret = tmp_path / "credentials.json"
+    secret.write_text('{"token": "hf_secret"}')
+
+    def relink(target):
+        def change(repo: Path):
+            (repo / "training.json").rename(repo / "training-real.json")
+            (repo / "training.json").symlink_to(target)
+        return change
+
+    inside = tamper(published, tmp_path / "in", relink("training-real.json"))
+    assert pull(tmp_path / "ok", str(inside), "--base", str(tiny_base_dir)) == 0
+    outside = tamper(published, tmp_path / "out", relink(secret))
+    err = refused(tmp_path / "dest", capsys, str(outside), "--base", str(tiny_base_dir))
+    assert "training.json is a symbolic link" in err and not (tmp_path / "dest").exists()
+
+
+def test_symlinked_router_folder_of_a_zoo_is_refused(published, tiny_base_dir, tmp_path, capsys):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "router.json").write_text("{}")
+    zoo_repo = tmp_path / "copy" / "zoo"
+    shutil.copytree(published, zoo_repo.parent, dirs_exist_ok=True)
+    shutil.rmtree(zoo_repo / "router")
+    (zoo_repo / "router").symlink_to(outside, target_is_directory=True)
+    assert "router is a symbolic link" in refused(tmp_path / "dest", capsys, str(zoo_repo), "--base",
+                                                  str(tiny_base_dir))
+
+
+def _header(obj) -> bytes:
+    data = json.dumps(obj).encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+@pytest.mark.parametrize("header", [[], {"a": 1}, {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, "4"]}},
+                                    None])
+def test_damaged_safetensors_header_is_that_adapters_refusal(header, published, tiny_base_dir, tmp_path, capsys):
+    """A header of `[]`, `{"a": 1}` or offsets that are not numbers: exit 2 naming the file, not a crash."""
+    repo = tamper(published, tmp_path,
+                  lambda r: (r / "adapter_model.safetensors").write_bytes(_header(header) + b"\0" * 4))
+    assert "adapter_model.safetensors" in refused(tmp_path / "dest", capsys, str(repo), "--base",
+                                                  str(tiny_base_dir))

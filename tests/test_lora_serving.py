@@ -127,8 +127,12 @@ def test_one_adapter_path_leaves_training_and_odd_cases_to_peft():
     layer = model.base_model.model.proj
     assert "forward" in vars(layer)
     x = torch.randn(2, 12, requires_grad=True)
+    lora_a = layer.lora_A["a"].weight
     layer(x).sum().backward()  # autograd intact: PEFT's out-of-place forward under grad
-    assert x.grad is not None and layer.lora_A["a"].weight.grad is not None
+    got = x.grad, lora_a.grad
+    x.grad = lora_a.grad = None
+    type(layer).forward(layer, x).sum().backward()
+    assert torch.equal(got[0], x.grad) and torch.equal(got[1], lora_a.grad) and got[1].abs().sum() > 0
     with torch.inference_mode():
         with model.disable_adapter():
             torch.testing.assert_close(layer(x), layer.base_layer(x))

@@ -8,7 +8,9 @@ import torch
 from tests.test_combine import add_adapter
 from zoo.cli import main
 from zoo.errors import ZooError
+from zoo.manifest import BaseInfo
 from zoo.merge import CHECK_PROMPTS, merge_adapter
+from zoo.outdir import MARKER
 from zoo.store import Zoo
 
 
@@ -62,7 +64,8 @@ def test_merge_round_trip_loads_without_peft(zoo, tiny_base_dir, tmp_path, capsy
     assert (merged - without).abs().max() > 1e-2  # the adapter really changed the model
     assert AutoTokenizer.from_pretrained(out).chat_template
     record = json.loads((out / "zoo_merge.json").read_text())
-    assert record["adapter"] == "sent" and record["base"]["hash"] == zoo.get("sent")["base"]["hash"]
+    assert record["adapter"] == "sent" and record["base"]["hash"] == zoo.get("sent").base.hash
+    assert record["task"] == "sentiment" and json.loads((out / "task.json").read_text())["name"] == "sentiment"
     assert record["checks"]["max_diff"] < 1e-4 and record["checks"]["saved_diff"] == 0.0
     assert record["checks"]["greedy_same"] == "3/3"
     assert not list(tmp_path.glob(".merged.staging-*"))
@@ -97,14 +100,14 @@ def test_refusals_leave_everything_in_place(zoo, tiny_base_dir, tmp_path, capsys
     assert "already exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
     assert merge(zoo, "nope", "--out", str(tmp_path / "a")) == 2
     assert "no adapter named 'nope'" in capsys.readouterr().err
-    zoo.put("alien", {**zoo.get("sent"), "name": "alien", "base": {"id": str(tiny_base_dir), "hash": "sha256:00"}})
+    zoo.put(zoo.get("sent").with_(name="alien", base=BaseInfo(str(tiny_base_dir), "sha256:00")))
     import shutil
     shutil.copytree(zoo.adapter_dir("sent"), zoo.adapter_dir("alien"))
     assert merge(zoo, "alien", "--out", str(tmp_path / "b")) == 2
     assert "was trained on base" in capsys.readouterr().err
     weights = zoo.adapter_dir("alien") / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])
-    zoo.put("alien", {**zoo.get("sent"), "name": "alien"})
+    zoo.put(zoo.get("sent").with_(name="alien"))
     assert merge(zoo, "alien", "--out", str(tmp_path / "c")) == 2
     assert "damaged" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses the choice itself
@@ -113,9 +116,29 @@ def test_refusals_leave_everything_in_place(zoo, tiny_base_dir, tmp_path, capsys
     with pytest.raises(ZooError, match="unknown --quantize"):
         merge_adapter(zoo, "sent", tmp_path / "d", quantize="int4")
     assert merge(zoo, "sent", "--out", str(zoo.root), "--force") == 2  # never replaces the zoo itself
-    assert "would replace the zoo" in capsys.readouterr().err and zoo.manifest_path.exists()
+    assert "did not write" in capsys.readouterr().err and zoo.manifest_path.exists()
     assert not any((tmp_path / n).exists() for n in "abcd")
     assert not list(tmp_path.glob(".*staging*"))
-    # --force replaces the folder with the merged model
-    assert merge(zoo, "sent", "--out", str(out), "--force") == 0
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+@pytest.mark.reliability
+def test_force_replaces_only_a_folder_merge_wrote(zoo, tmp_path, capsys):
+    """`zoo merge --out DIR --force` where DIR holds the user's files (`~/Documents`, or its parent folder):
+    exit 2 with one line, every file kept; a folder an earlier merge wrote (or an empty one) is replaced."""
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    for target in (docs, tmp_path):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        assert merge(zoo, "sent", "--out", str(target), "--force") == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "did not write" in err and "nothing was changed" in err, err
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (docs / "thesis.txt").read_text() == "years of work"
+    out = tmp_path / "merged"
+    assert merge(zoo, "sent", "--out", str(out)) == 0 and (out / MARKER).is_file()
+    (out / "stale.txt").write_text("from the first merge")
+    assert merge(zoo, "sent", "--out", str(out), "--force") == 0  # ours: replaced
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists() and (out / MARKER).is_file()
+    (tmp_path / "empty").mkdir()
+    assert merge(zoo, "sent", "--out", str(tmp_path / "empty"), "--force") == 0  # nothing to lose

@@ -1,14 +1,11 @@
-"""Offline metrics: hand-computed values for each metric, SQuAD normalization, ROUGE tokenization, label parsing.
-
-ROUGE was also checked against Google's `rouge_score` (in a throwaway venv, not a dependency) on 200 DialogSum
-validation pairs and 100 three-reference test dialogues: identical to the last digit.
-"""
+"""Offline metrics: hand-computed values for each metric, SQuAD normalization, ROUGE tokenization (Google's
+`rouge-score`), label parsing, and the `evaluate` module that `score` goes through."""
 
 import pytest
 
 from zoo.errors import ZooError
-from zoo.metrics import (PRIMARY, classification_scores, clean_span, lcs_length, normalize_answer, parse_label,
-                         rouge_scores, rouge_tokens, score, squad_f1, squad_scores)
+from zoo.metrics import (METRICS, MODULE_PATH, PRIMARY, classification_scores, clean_span, compute, normalize_answer,
+                         parse_label, rouge_scores, score, squad_f1, squad_scores)
 
 LABELS = ("negative", "positive")
 
@@ -94,9 +91,12 @@ def test_squad_scores_hand_computed():
     assert out["f1"] == pytest.approx(100 * (1 + 2 / 3 + 0 + 1) / 4)
 
 
-def test_rouge_tokenizer_matches_rouge_score_default():
-    assert rouge_tokens("Don't-stop 2Night! café") == ["don", "t", "stop", "2night", "caf"]
-    assert rouge_tokens("") == []
+def test_rouge_tokenizes_as_rouge_score_default():
+    # lowercase, anything but [a-z0-9] splits words, no stemming: "Don't-stop 2Night! café" is don t stop 2night caf
+    same = rouge_scores(["Don't-stop 2Night! café"], [["don t stop 2night caf"]])
+    assert same == {"rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0}
+    unstemmed = rouge_scores(["cats running"], [["cat run"]])
+    assert unstemmed["rouge1"] == 0.0
 
 
 def test_rouge_known_strings():
@@ -111,7 +111,7 @@ def test_rouge_known_strings():
 
 
 def test_rouge_l_is_sentence_level_lcs():
-    assert lcs_length(list("abcd"), list("dcba")) == 1
+    # the longest common subsequence of "a b c d" and "d c b a" is one word: RL = F(1/4, 1/4)
     out = rouge_scores(["a b c d"], [["d c b a"]])
     assert out["rouge1"] == pytest.approx(100.0)
     assert out["rougeL"] == pytest.approx(25.0)
@@ -134,3 +134,36 @@ def test_score_dispatch_primary_and_empty_batch(metric, labels):
 def test_unknown_metric():
     with pytest.raises(ZooError, match="unknown metric"):
         score("bleu", ["a"], [["a"]])
+    with pytest.raises(ZooError, match="unknown metric"):
+        compute("bleu", ["a"], [["a"]])
+
+
+@pytest.mark.parametrize("metric, labels", [("accuracy", LABELS), ("squad", None), ("rouge", None)])
+def test_evaluate_load_of_the_local_module_matches_score(metric, labels):
+    """The project's metrics have `evaluate`'s interface offline: `evaluate.load(<local file>)`, no Hub."""
+    import evaluate
+
+    preds = ["Positive, and the answer is Paris.", "negative: the big red barn"]
+    refs = [["positive"], ["positive"]] if metric == "accuracy" else [["positive", "Paris"], ["red barn house"]]
+    module = evaluate.load(str(MODULE_PATH), metric, keep_in_memory=True)
+    extra = {"labels": list(labels)} if labels else {}
+    expected = compute(metric, preds, refs, labels)
+    assert module.compute(predictions=preds, references=refs, **extra) == pytest.approx(expected)
+    assert score(metric, preds, refs, labels=labels) == pytest.approx(expected)
+    assert set(expected) == set(METRICS[metric].keys)
+
+
+def test_score_goes_through_the_evaluate_module(monkeypatch):
+    import zoo.metrics as metrics
+
+    class Spy:
+        def compute(self, **kwargs):
+            return {"via": "evaluate", "n": len(kwargs["predictions"])}
+
+    monkeypatch.setattr(metrics, "evaluation_module", lambda metric: Spy())
+    assert score("rouge", ["a", "b"], [["a"], ["b"]]) == {"via": "evaluate", "n": 2}
+
+
+def test_undecodable_text_is_scored_not_crashed():
+    # a lone surrogate (undecodable bytes from stdin) cannot go into Arrow: it becomes U+FFFD
+    assert score("squad", ["caf\udce9"], [["café"]])["exact_match"] == 0.0

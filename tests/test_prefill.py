@@ -36,11 +36,11 @@ def _tiny(tiny_base_dir, piecewise: bool):
     """The tiny model on SDPA, or on the runtime's attention (`piecewise`: one pass, attention piece by piece)."""
     from transformers import AutoModelForCausalLM
 
-    from zoo.serving.attention import use_for_cpu_decoding
+    from zoo.serving.attention import SERVING, use_phase
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa").eval()
     if piecewise:
-        use_for_cpu_decoding(model)
+        use_phase(model, SERVING)
     return model
 
 
@@ -76,7 +76,7 @@ def test_prefill_rows_without_a_shared_prefix_run_each_piece_causally(tiny_base_
 
 
 def test_with_piecewise_attention_a_batch_shares_one_pass_beyond_the_masked_budget(tiny_base_dir):
-    from zoo.serving.attention import use_for_cpu_decoding
+    from zoo.serving.attention import SERVING, use_phase
     from zoo.serving.prefill import PACK_TOKENS
 
     model = _tiny(tiny_base_dir, piecewise=False)
@@ -86,6 +86,6 @@ def test_with_piecewise_attention_a_batch_shares_one_pass_beyond_the_masked_budg
     with torch.inference_mode():
         prefill_rows(model.model, seqs)
         masked = len(passes)
-        use_for_cpu_decoding(model)
+        use_phase(model, SERVING)
         prefill_rows(model.model, seqs)
     assert (masked, len(passes) - masked) == (2, 1)

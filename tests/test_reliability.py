@@ -97,11 +97,16 @@ def test_manifest_survives_sigkill_during_writes(tmp_path):
     for w in range(2):  # entries are written in order: no gaps below the highest one seen
         seen = sorted(int(n.split("-")[1]) for n in entries if n.startswith(f"w{w}-"))
         assert seen == list(range(len(seen)))
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")] or True  # temp files never replace it
+    json.loads((tmp_path / "zoo.json").read_text())  # whole, not a torn write
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"zoo.json", ".lock"}
+    # a kill mid-write leaves at most that write's hidden temp file, never anything under the manifest's name
+    assert all(n.startswith(".zoo.json.") and n.endswith(".tmp") for n in leftovers), leftovers
 
 
 def test_damaged_zoo_is_reported_and_healthy_adapters_still_serve(small_zoo, tiny_base_dir, capsys):
     """Truncated adapter, missing folder, unlisted folder: list/doctor explain; runtime serves the rest."""
+    with Runtime(small_zoo, base=str(tiny_base_dir), quant=False) as rt:
+        expected = rt.generate(["hi"], adapter="sentiment", max_new_tokens=3)[0]
     f = small_zoo.adapter_dir("qa") / "adapter_model.safetensors"
     f.write_bytes(f.read_bytes()[:64])
     small_zoo.put(entry("ghost", "summarization"))
@@ -113,7 +118,8 @@ def test_damaged_zoo_is_reported_and_healthy_adapters_still_serve(small_zoo, tin
     assert "fix:" in capsys.readouterr().out
     rt = Runtime(small_zoo, base=str(tiny_base_dir), quant=False)
     assert rt.available() == ["sentiment"]
-    assert rt.generate(["hi"], adapter="sentiment", max_new_tokens=3)[0]["answer"] is not None
+    served = rt.generate(["hi"], adapter="sentiment", max_new_tokens=3)[0]
+    assert (served["adapter"], served["answer"]) == ("sentiment", expected["answer"])  # as before the damage
     rt.close()
 
 
@@ -249,3 +255,22 @@ def test_demo_listens_on_localhost_by_default():
 
     args = build_parser("demo").parse_args(["demo"])
     assert args.host == "127.0.0.1" and not args.share
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--batch-size", "-1"], ["eval", "-n", "0"], ["eval", "--seed", "-2"],
+    ["generate", "hi", "--batch-size", "-1"], ["generate", "hi", "--max-new-tokens", "0"],
+    ["route", "--train", "--rows", "0"], ["train", "sentiment", "--batch-size", "-1"],
+    ["train", "sentiment", "--max-examples", "0"],
+])
+def test_count_and_size_flags_are_range_checked(argv, tmp_path, capsys):
+    """A batch size of -1 once gave blank answers with exit 0: every count or size flag out of range is a
+    one-line usage error with exit 2, before anything is loaded or written."""
+    try:
+        rc = main([*argv, "--zoo", str(tmp_path / "zoo")])
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert any(word in err for word in ("must be", "at least")), err
+    assert not (tmp_path / "zoo").exists()

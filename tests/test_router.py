@@ -57,7 +57,7 @@ def test_fit_route_save_load_round_trip(fitted):
     assert list(router.classes_) == [NONE, "qa", "sentiment", "summarization"]
     assert sorted(p.name for p in zoo.router_dir.iterdir()) == ["router.json", "router.safetensors"]
     meta = json.loads((zoo.router_dir / "router.json").read_text())
-    assert meta["version"] == 1 and meta["tasks"] == ["qa", "sentiment", "summarization"]
+    assert meta["version"] == 2 and meta["tasks"] == ["qa", "sentiment", "summarization"]
     routed = router.route(PROMPTS)
     assert [r["route"] for r in routed] == ["sentiment", NONE, "summarization", "qa"]
     for r in routed:
@@ -153,13 +153,25 @@ def test_out_of_scope_sets_are_large_and_disjoint():
     assert not set(train) & set(held_out)
 
 
-def test_held_out_phrasings_are_not_training_templates():
-    from router.data import HELD_OUT, flipped_templates
+def test_the_two_generators_are_written_apart(data_dir):
+    """The evaluation generator shares no module and no request wording with the training generator."""
+    import ast
+    import inspect
+
+    from router import heldout, phrasings
+    from router.data import split_rows
     from tasks import get_task
 
-    for task, phrasings in HELD_OUT.items():
-        spec = get_task(task)
-        assert not set(phrasings) & (set(spec.templates) | set(flipped_templates(spec)))
+    imported = {n.module or "" for n in ast.walk(ast.parse(inspect.getsource(heldout)))
+                if isinstance(n, ast.ImportFrom)} | {a.name for n in ast.walk(ast.parse(inspect.getsource(heldout)))
+                                                     if isinstance(n, ast.Import) for a in n.names}
+    assert not any("phrasings" in m or m == "router.data" for m in imported)
+    frames = [f.split("{")[0].strip() for fs in heldout.FRAMES.values() for f in fs] + list(heldout.PLAIN_OTHER)
+    frames = [f for f in frames if len(f) > 8]
+    specs = [get_task(t) for t in ("qa", "sentiment", "summarization")]
+    rows = {s.name: split_rows(s, data_dir, 40)[0] for s in specs}
+    training = "\n".join(p for s in specs for p in phrasings.varied_prompts(s, rows[s.name], 0) + list(s.templates))
+    assert not [f for f in frames if f in training]
 
 
 def test_mix_features_round_trip(zoo_dir):
@@ -226,3 +238,174 @@ def test_cli_jsonl_with_empty_prompt_exits_2(fitted, monkeypatch, capsys):
     stdin(monkeypatch, b'{"prompt": "fine"}\n{"prompt": ""}\n')
     assert cli("--zoo", str(zoo.root)) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+# how people actually ask (issue 21): a real router, fit on real data in the default features -----------------
+# Hand-written, one list per kind of framing; none of them comes from either generator.
+FRAMINGS: dict[str, list[tuple[str, str]]] = {
+    "short quoted context, 'Here is a paragraph'": [
+        ('Here is a paragraph: "The Nile flows north through eleven countries before reaching the Mediterranean." '
+         "Question: Where does the Nile end?", "qa"),
+        ("Here is a paragraph: 'Marie Curie won two Nobel Prizes, in physics and in chemistry.' How many Nobel "
+         "Prizes did Curie win?", "qa")],
+    "'Read:' then the question": [
+        ("Read: 'The bakery opens at 7 am and closes at 3 pm on weekdays.' When does the bakery close?", "qa"),
+        ('Read: "Oslo is the capital of Norway and its largest city." What is the capital of Norway?', "qa")],
+    "'Given this background:'": [
+        ("Given this background: The Great Fire of London started in a bakery on Pudding Lane in 1666.\n"
+         "Where did the fire start?", "qa"),
+        ("Given this background: penicillin was discovered by Alexander Fleming in 1928. Who discovered penicillin?",
+         "qa")],
+    "TL;DR of an exchange with speaker names": [
+        ("TL;DR of the following exchange:\nAlice: Did you book the hotel for Friday?\nBob: Not yet, the one near "
+         "the station was full.\nAlice: Try the place by the river then.\nBob: Ok, I'll call them tonight.",
+         "summarization"),
+        ("tl;dr this exchange pls\nMr. Park - the shipment is two days late\nSupport - sorry, a truck broke down, it "
+         "arrives Thursday\nMr. Park - fine, but I want the delivery fee back", "summarization")],
+    "request after the input": [
+        ("the soundtrack was lovely but the plot dragged on forever and I nearly fell asleep\n\nso did they like it "
+         "or not?", "sentiment"),
+        ("Jen: are we still on for lunch?\nMark: yes, 12:30 at the Thai place\nJen: great, see you there\n\n"
+         "can you sum that up in one line?", "summarization")],
+    "request in the middle": [
+        ("I got this review for my cafe. Can you tell me whether it is positive or negative? Here it is: "
+         "'Cold coffee, rude staff, never again.' Thanks!", "sentiment"),
+        ("Passage: The Amazon river discharges more water than any other river.\nUsing the passage, answer the "
+         "question below.\nQ: Which river discharges the most water?", "qa")],
+    "casual register with typos": [
+        ("hey is this reveiw good or bad lol: 'worst headphones i ever bought, broke in a week'", "sentiment"),
+        ("yo whats this convo about, short plz\nsam: u coming 2nite?\nlee: cant, got work\nsam: ugh fine", "summarization")],
+    "formal register": [
+        ("Kindly determine whether the following customer feedback expresses satisfaction: \"The staff were "
+         "courteous and the room was spotless.\"", "sentiment"),
+        ("I would be grateful for a concise summary of the following conversation.\nManager: We need the report "
+         "by Monday.\nAnalyst: I can deliver it Sunday evening.\nManager: Excellent, thank you.", "summarization")],
+    "out of scope, with or without a text": [
+        ("Write a haiku about autumn rain.", NONE),
+        ("Translate into Spanish: 'The meeting has been moved to Tuesday.'", NONE),
+        ("What is the capital of Canada?", NONE),
+        ('Here is a paragraph: "The museum reopened in May after a long renovation." Rewrite it as a limerick.', NONE)],
+}
+TOPIC_TASK = """name: topic
+description: Which topic is a dialogue about?
+dataset: {data}
+input_columns: [dialogue]
+output_column: topic
+metric: rouge
+templates:
+  - "What is the topic of this conversation? Answer in one or two words.\\n\\n{{dialogue}}"
+  - "{{dialogue}}\\n\\nName the topic of this dialogue in a word or two."
+  - "Topic label for the chat below (one or two words):\\n{{dialogue}}"
+"""
+REAL_ROWS = 100  # rows per task: enough for the default router to generalize, a fit of about a minute
+
+
+@pytest.fixture(scope="module")
+def real_router(data_dir):
+    """The default router (n-grams + MiniLM), fit and calibrated on the real data for the built-in tasks."""
+    from router.api import fit_specs
+    from tasks import get_task
+
+    specs = [get_task(t) for t in ("qa", "sentiment", "summarization")]
+    return specs, fit_specs(specs, data_dir, rows_per_task=REAL_ROWS)[0]
+
+
+@pytest.mark.parametrize("kind", list(FRAMINGS))
+def test_each_framing_routes_right(real_router, kind):
+    _, router = real_router
+    prompts, gold = zip(*FRAMINGS[kind])
+    routed = router.route(list(prompts))
+    assert [r["route"] for r in routed] == list(gold), [(g, r["route"], r["probs"]) for g, r in zip(gold, routed)]
+
+
+def test_calibrated_router_keeps_its_temperature(real_router, zoo_dir):
+    """The fitted temperature travels in router.json; an impossible one is refused with the retrain hint."""
+    from router.api import META_FILE, save_router
+
+    _, router = real_router
+    assert router.temperature_ != 1.0 and 0.0 <= router.threshold < 1.0
+    zoo = make_zoo(zoo_dir)
+    save_router(zoo, router)
+    loaded = load_router(zoo)
+    assert loaded.temperature_ == pytest.approx(router.temperature_)
+    np.testing.assert_allclose(loaded.predict_proba(PROMPTS), router.predict_proba(PROMPTS), rtol=1e-5)
+    meta = json.loads((zoo.router_dir / META_FILE).read_text())
+    (zoo.router_dir / META_FILE).write_text(json.dumps({**meta, "temperature": -1}))
+    with pytest.raises(ZooError, match="temperature.*zoo route --train"):
+        load_router(zoo)
+
+
+def test_a_task_file_task_joins_without_disturbing_earlier_routes(real_router, data_dir, tmp_path):
+    """Refitting with a task file's task as a 4th route keeps each earlier route within a point."""
+    from router.refit import refit_with_task
+    from tasks import get_task
+
+    specs, before = real_router
+    path = tmp_path / "topic.yaml"
+    path.write_text(TOPIC_TASK.format(data=data_dir / "dialogsum"))
+    after, report = refit_with_task(specs, get_task(str(path)), data_dir, rows_per_task=REAL_ROWS, before=before,
+                                    n=60)
+    assert "topic" in after.classes_ and report["prompts"] > 300
+    assert report["largest_drop"] <= 0.01, report["per_route"]
+    assert after.predict(["What topic is this chat about? One or two words.\nAnna: The flight leaves at 6.\n"
+                          "Tom: Then we need a taxi at 4."])[0] == "topic"
+
+
+# calibration and routing regret, on synthetic numbers and the tiny model ---------------------------------------
+def test_temperature_scaling_recovers_a_known_temperature():
+    from router.calibration import fit_temperature, reliability
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 4))
+    true = rng.random(4000)[:, None] < np.cumsum(np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True), 1)
+    gold = true.argmax(axis=1)  # labels drawn from softmax(logits / 2)
+    assert fit_temperature(logits, gold) == pytest.approx(2.0, rel=0.1)
+    sure = np.eye(4)[gold]
+    assert reliability(sure, gold)["ece"] == 0.0
+    assert reliability(np.full((4, 4), 0.25), np.array([0, 1, 2, 3]))["ece"] == pytest.approx(0.0)
+    assert reliability(np.array([[0.9, 0.1]] * 10), np.array([1] * 10))["ece"] == pytest.approx(0.9)
+
+
+def test_unsure_route_policies_and_threshold_choice():
+    from router.calibration import choose_threshold, policies
+
+    classes = [NONE, "qa"]
+    proba = np.array([[0.1, 0.9], [0.45, 0.55], [0.6, 0.4], [0.48, 0.52]])
+    gold = np.array([1, 0, 0, 1])
+    pol = policies(proba, gold, classes, threshold=0.6)
+    assert pol["best"] == 0.75 and pol["base"] == 0.75  # the unsure qa prompt is lost, the unsure none one won
+    assert pol["ask"] == {"asked": 0.5, "accuracy_answered": 1.0}
+    threshold, curve = choose_threshold(proba, gold, classes)
+    assert curve[threshold] == max(curve.values()) and threshold == min(t for t, a in curve.items()
+                                                                        if a == max(curve.values()))
+
+
+class AllTo:
+    """A stand-in router that sends every prompt to one route."""
+
+    def __init__(self, route, classes):
+        self.route_name, self.classes_ = route, np.asarray(classes)
+
+    def route(self, prompts):
+        return [{"route": self.route_name, "probs": {}} for _ in prompts]
+
+
+def test_routing_regret_learned_vs_perfect_vs_base(tmp_path, tiny_base_dir, data_dir):
+    """Regret on the tiny model: a router sending everything to the base scores exactly the base, one sending
+    each task to its adapter exactly perfect routing, and regret is the gap."""
+    from router.regret import routing_regret
+    from tests.helpers import make_adapter
+    from zoo.serving.runtime import Runtime
+
+    zoo = Zoo(tmp_path / "zoo")
+    make_adapter(zoo, tiny_base_dir, "sst", "sentiment", seed=1)
+    classes = [NONE, "sentiment"]
+    with Runtime(zoo, base=str(tiny_base_dir), quant=False) as rt:
+        to_base = routing_regret(rt, n=4, data_dir=data_dir, batch_size=4, router=AllTo(NONE, classes))
+        right = routing_regret(rt, n=4, data_dir=data_dir, batch_size=4, router=AllTo("sentiment", classes))
+    t = to_base["tasks"]["sentiment"]
+    assert t["learned"] == t["base"] and t["regret"] == pytest.approx(t["perfect"] - t["base"])
+    assert t["routed_right"] == 0.0 and to_base["out_of_scope"]["to_an_adapter"] == 0.0
+    r = right["tasks"]["sentiment"]
+    assert r["learned"] == r["perfect"] == t["perfect"] and r["regret"] == 0.0 and r["routed_right"] == 1.0
+    assert right["out_of_scope"]["to_an_adapter"] == 1.0

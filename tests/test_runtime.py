@@ -46,13 +46,16 @@ def test_adapter_from_another_base_is_refused(tiny_zoo, tiny_base_dir):
 
 
 def test_damaged_adapter_is_skipped_and_refused(tiny_zoo, tiny_base_dir):
+    with Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False) as rt:
+        healthy = rt.generate("hi", adapter="a2", max_new_tokens=4)
     f = tiny_zoo.adapter_dir("a1") / "adapter_model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
     assert rt.available() == ["a0", "a2"]
     with pytest.raises(ZooError, match="damaged"):
         rt.generate(["hi"], adapter="a1", max_new_tokens=2)
-    assert rt.generate(["hi"], adapter="a2", max_new_tokens=2)[0]["answer"] is not None
+    assert rt.adapters == []  # nothing of the damaged one was loaded
+    assert rt.generate("hi", adapter="a2", max_new_tokens=4) == healthy  # the others serve as before
     rt.close()
 
 
@@ -62,11 +65,17 @@ def test_empty_prompt_is_refused(tiny_zoo, tiny_base_dir):
         rt.generate(["  "], adapter="none")
 
 
-def test_long_prompt_is_cut_with_a_warning(tiny_zoo, tiny_base_dir):
+def test_long_prompt_is_cut_with_a_warning(tiny_zoo, tiny_base_dir, monkeypatch):
     rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    seen = []
+    generate_ids = rt.generate_ids
+    monkeypatch.setattr(rt, "generate_ids", lambda ids, *args, **kwargs: seen.extend(ids) or generate_ids(
+        ids, *args, **kwargs))
     with pytest.warns(UserWarning, match="cut in the middle"):
         out = rt.generate(["word " * 5000], adapter="none", max_new_tokens=2)
-    assert isinstance(out[0]["answer"], str)
+    window = rt.loaded.model.config.max_position_embeddings  # 2048 for the tiny model: under the 5,000 words
+    assert 0.9 * window < len(seen[0]) <= window - 2  # cut to fit the window with the answer, not far below
+    assert out[0]["adapter"] == "none" and out[0]["answer"] == generate_ids([seen[0]], "none", 2)[0]
 
 
 def test_nf4_base_is_shared_between_calls(tiny_base_dir):

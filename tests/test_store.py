@@ -55,10 +55,12 @@ def test_problems_report_missing_corrupt_and_unlisted(tmp_path):
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     (d / "adapter_model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
     (tmp_path / "adapters" / "stray").mkdir()
-    problems = {p.name: p.what for p in zoo.problems()}
-    assert "missing" in problems["gone"]
-    assert "truncated" in problems["trunc"]
-    assert "no manifest entry" in problems["stray"]
+    problems = {}
+    for p in zoo.problems():
+        problems.setdefault(p.name, []).append(p.what)
+    assert "missing" in problems["gone"][0]
+    assert "truncated" in problems["trunc"][0]
+    assert "no manifest entry" in problems["stray"][0]
     assert zoo.healthy() == []
 
 
@@ -74,3 +76,42 @@ def test_unreadable_manifest_is_a_clear_error(tmp_path):
     (tmp_path / "zoo.json").write_text("{not json")
     with pytest.raises(ZooError, match="not valid JSON"):
         Zoo(tmp_path).entries()
+
+
+@pytest.mark.parametrize("kill_at, survivor", [("between the renames", "old"), ("before the cleanup", "new")])
+def test_doctor_finishes_a_swap_that_a_kill_interrupted(kill_at, survivor, tmp_path, monkeypatch, capsys):
+    """A kill inside `replace_dir` leaves `.NAME.old-PID`: `zoo list` reports it, `zoo doctor` restores the old
+    copy when the new one is missing and deletes it when the new one is in place."""
+    import os
+
+    from zoo import fsutil
+    from zoo.cli import main
+
+    zoo = Zoo(tmp_path)
+    zoo.put(entry("a"))
+    final = zoo.adapter_dir("a")
+    for folder, text in ((final, "old"), (tmp_path / ".staging" / "a-1", "new")):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"v": text}))
+    real_replace, calls = os.replace, []
+
+    def killed(src, dst):
+        calls.append(src)
+        if kill_at == "between the renames" and len(calls) == 2:
+            raise KeyboardInterrupt  # what SIGKILL would leave: the second rename never happened
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", killed)
+    monkeypatch.setattr(fsutil.shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        fsutil.replace_dir(tmp_path / ".staging" / "a-1", final)
+    monkeypatch.undo()
+    leftovers = [p.name for p in final.parent.iterdir() if ".old-" in p.name]
+    assert leftovers == [f".a.old-{os.getpid()}"] and final.exists() == (survivor == "new")
+
+    main(["list", "--zoo", str(tmp_path)])
+    assert "interrupted update" in capsys.readouterr().out
+    main(["doctor", "--zoo", str(tmp_path)])
+    assert ("restored" if survivor == "old" else "deleted the old copy") in capsys.readouterr().out
+    assert json.loads((final / "adapter_config.json").read_text()) == {"v": survivor}
+    assert not [p for p in final.parent.iterdir() if ".old-" in p.name]

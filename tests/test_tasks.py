@@ -17,13 +17,20 @@ def test_builtin_tasks_are_registered_with_several_templates():
         assert len(spec.templates) >= 3
 
 
+EXPECTED_TARGET = {  # each built-in task's answer, read from a real row by hand
+    "sentiment": lambda row: ("negative", "positive")[row["label"]],
+    "qa": lambda row: row["answers"]["text"][0].strip(),
+    "summarization": lambda row: row["summary"].strip(),
+}
+
+
 @pytest.mark.parametrize("name", ["sentiment", "qa", "summarization"])
 def test_every_builtin_task_builds_prompts_and_targets_from_real_rows(name, data_dir):
     spec = get_task(name)
     rows = load_rows(spec, spec.train_split, data_dir, limit=5, seed=1)
     for row in rows:
         target = spec.target(row)
-        assert target and isinstance(target, str)
+        assert target and target == EXPECTED_TARGET[name](row)
         for i in range(len(spec.templates)):
             prompt = spec.prompt(row, i)
             assert all(str(row[c])[:20] in prompt for c in spec.input_columns)
@@ -145,3 +152,70 @@ def test_hub_unreachable_mentions_zoo_data_dir(monkeypatch):
     spec = get_task("sentiment")
     with pytest.raises(ZooError, match="ZOO_DATA_DIR"):
         load_rows(spec, "validation")
+
+
+# ---- the train CLI is generated from the settings dataclasses ----
+
+def _train_parser():
+    from zoo.cli import build_parser
+
+    parser = build_parser("train")
+    return next(a for a in parser._actions if a.dest == "command").choices["train"]
+
+
+@pytest.mark.parametrize("section, cls", [("lora", LoraSettings), ("train", TrainSettings)])
+def test_every_settings_field_has_a_train_flag_with_its_help_and_default(section, cls):
+    from dataclasses import fields
+
+    actions = {a.dest: a for a in _train_parser()._actions}
+    for f in fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+        action = actions[f"{section}.{f.name}"]
+        assert action.option_strings and f.metadata["help"] in action.help, f.name
+        assert "(default: " in action.help, f.name
+
+
+def test_train_help_lists_every_flag_with_its_default(capsys):
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).split("positional arguments:", 1)[1]  # unwrapped, no usage
+    for flag, parts in [("--row-tokens N", ["(default: 512;", "sentiment: 128"]), ("--warmup-ratio X", ["(default: 0.05"]),
+                        ("--layers N|all", ["(default: all;", "sentiment: 20"]), ("--rank N, -r N", ["(default: 16"]),
+                        ("--dora, --no-dora", ["(default: False"])]:
+        assert flag in text, flag
+        own_help = text.split(flag, 1)[1].split(" --", 1)[0]
+        assert all(part in own_help for part in parts), (flag, own_help)
+
+
+def test_train_flags_go_through_settings_from_dict():
+    from zoo.commands.train import resolve_specs
+
+    args = _train_parser().parse_args(["sentiment", "--layers", "all", "--targets", "q_proj,v_proj", "-r", "4",
+                                       "--row-tokens", "64", "--warmup-ratio", "0.1", "--no-dora"])
+    spec = resolve_specs(args)[0]
+    own = get_task("sentiment")
+    assert own.lora.layers == 20 and spec.lora.layers is None  # "all" says every layer, over the task's 20
+    assert spec.lora.module_names() == ["q_proj", "v_proj"] and spec.lora.r == 4 and spec.lora.use_dora is False
+    assert spec.train.row_tokens == 64 and spec.train.warmup_ratio == 0.1
+    assert spec.train.learning_rate == own.train.learning_rate  # a flag not given keeps the task's setting
+    assert not any(k.startswith(("lora.", "train.")) for k in vars(_train_parser().parse_args(["sentiment"])))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "-1"], "batch size"), (["--max-steps", "0"], "max_steps must be at least 1"),
+    (["--warmup-ratio", "2"], "warmup_ratio"), (["--layers", "some"], "--layers"), (["--rank", "0"], "LoRA"),
+    (["--seed", "-3"], "seed must be at least 0"),
+])
+def test_out_of_range_train_settings_are_usage_errors(argv, message, tmp_path, capsys):
+    from zoo.cli import main
+
+    try:
+        rc = main(["train", "sentiment", "--zoo", str(tmp_path), *argv])
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())  # refused before anything is loaded or written

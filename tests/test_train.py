@@ -17,19 +17,68 @@ def tiny(tiny_base_dir):
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what training uses on a CPU
 def test_packed_rows_give_the_same_logits_as_separate_runs(tiny, attention):
     model = tiny.model
+    before = model.config._attn_implementation
     model.set_attn_implementation(attention)
     try:
         check_packed_logits(model)
     finally:
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(before)
 
 
-def test_cpu_training_attention_switches_to_eager_and_back(tiny):
-    from zoo.train import cpu_training_attention
+def test_each_phase_runs_its_attention_on_a_cpu_and_gives_the_previous_back(tiny_base_dir):
+    from transformers import AutoModelForCausalLM
 
-    with cpu_training_attention(tiny.model, "cpu"):
-        assert tiny.model.config._attn_implementation == "eager"
-    assert tiny.model.config._attn_implementation == "sdpa"
+    from zoo.serving.attention import CPU_ATTENTION, NAME, SERVING, TRAINING, in_phase, use_phase
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa")  # its own, fresh
+    assert CPU_ATTENTION == {TRAINING: "eager", SERVING: NAME}
+    with in_phase(model, TRAINING):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation == "sdpa"
+    assert use_phase(model, SERVING) == "sdpa" and model.config._attn_implementation == NAME
+    with pytest.raises(RuntimeError, match="boom"), in_phase(model, TRAINING):  # given back after errors too
+        assert model.config._attn_implementation == "eager"
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == NAME
+    eager_model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="eager")
+    use_phase(eager_model, SERVING)  # not loaded with SDPA: never switched
+    assert eager_model.config._attn_implementation == "eager"
+
+
+def test_training_on_a_cpu_runs_eager_attention_and_the_runtime_gets_its_own_back(tiny_base_dir, tmp_path,
+                                                                                    data_dir, monkeypatch):
+    """The bug this guards: loading the base installed the runtime's attention, so training never ran eager."""
+    from dataclasses import replace
+
+    import transformers.models.llama.modeling_llama as llama
+
+    from zoo.serving.attention import NAME
+    from zoo.serving.runtime import Runtime
+    from zoo.store import Zoo
+    from zoo.train import train_adapter
+
+    zoo = Zoo(tmp_path / "zoo")
+    runtime = Runtime(zoo, base=str(tiny_base_dir), quant=False)  # serving first, as `zoo serve` + train would
+    base = runtime.loaded.model
+    assert base.config._attn_implementation == NAME
+    eager_calls, seen = [], set()
+    real_eager = llama.eager_attention_forward
+    monkeypatch.setattr(llama, "eager_attention_forward",
+                        lambda *args, **kwargs: eager_calls.append(1) or real_eager(*args, **kwargs))
+    hooks = [layer.self_attn.register_forward_pre_hook(lambda m, args: seen.add(m.config._attn_implementation))
+             for layer in base.model.layers]
+    spec = get_task("sentiment")
+    spec = replace(spec, train=replace(spec.train, max_steps=1, batch_size=4, max_examples=8))
+    try:
+        entry = train_adapter(zoo, spec, runtime.loaded, name="probe", data_dir=data_dir)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"eager"} and len(eager_calls) >= len(base.model.layers)  # every layer, forward
+    assert entry.throughput["steps"] == 1
+    assert base.config._attn_implementation == NAME  # serving's attention is back
+    assert runtime.generate("hello", adapter="probe", max_new_tokens=2)["adapter"] == "probe"
+    runtime.close()
 
 
 def check_packed_logits(model):

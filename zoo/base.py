@@ -17,13 +17,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo.serving.attention import use_for_cpu_decoding
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name, file_lock
-
-# bitsandbytes warns at import, on CPUs with AVX512-BF16, that it cannot fetch an optional kernel from the Hub
-# (`kernels` package); its built-in CPU path is what runs, so the warning is noise on every command.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 DEFAULT_BASE = "smollm2-135m"
 EMBEDDED = {
@@ -124,7 +119,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, hub_id: str) -> 
 def _hub_path(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    from zoo.hubnet import require_hub
+    from zoo.hub.common import require_hub
 
     require_hub(f"base {repo_id!r}", f"pass a local model folder with --base, or use the embedded {DEFAULT_BASE!r}",
                 cached=lambda: _cached_snapshot(repo_id))
@@ -222,6 +217,7 @@ def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
     hf_logging.disable_progress_bar()  # a 135M model loads in seconds: no bar on stderr
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if quant:
+        quiet_bitsandbytes()
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -238,12 +234,18 @@ def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
     if not quant:
         model.to(device)
     model.eval()
-    model.requires_grad_(False)
-    use_for_cpu_decoding(model)
+    model.requires_grad_(False)  # attention stays as loaded: each phase picks its own (zoo.serving.attention)
     tok = AutoTokenizer.from_pretrained(ref.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return LoadedBase(model, tok, ref, quant, dtype, device)
+
+
+def quiet_bitsandbytes() -> None:
+    """bitsandbytes warns at import, on CPUs with AVX512-BF16, that it cannot fetch an optional kernel from the Hub
+    (`kernels` package); its built-in CPU path is what runs, so the warning is noise on every command. Called
+    before bitsandbytes is first imported (not at our import: no global config mutation then)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def unwrap_peft(model):

@@ -24,6 +24,7 @@ COMMANDS = {
     "push": ("zoo.commands.hub", "publish adapters to the Hugging Face Hub"),
     "pull": ("zoo.commands.hub", "download adapters or a zoo from the Hub"),
     "demo": ("zoo.commands.demo", "start the Gradio demo"),
+    "serve": ("zoo.commands.serve", "serve the zoo over an OpenAI-compatible HTTP API"),
     "bench": ("zoo.commands.bench", "benchmark against the plain PEFT + Trainer recipe"),
 }
 
@@ -33,6 +34,23 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, printable(f"{self.prog}: error: {message} (see `{self.prog} --help`)") + "\n")
+
+
+def count(low: int = 1, high: int | None = None):
+    """An argparse type for a count or a size: a whole number in [low, high], else a usage error (exit 2),
+    since a batch size of -1 would otherwise answer nothing and exit 0."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds} (got {value})")
+        return value
+
+    return parse
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

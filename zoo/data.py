@@ -55,7 +55,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def _hub_rows(spec, split: str) -> list[dict]:
     import datasets
 
-    from zoo.hubnet import require_hub
+    from zoo.hub.common import require_hub
 
     require_hub(f"task {spec.name}: dataset {spec.dataset!r}",
                 f"set ZOO_DATA_DIR (or --data-dir) to a folder with {spec.local_dir or spec.name}/{split}.jsonl")

@@ -37,29 +37,30 @@ def score_outputs(spec, outputs: list[str], rows: list[dict]) -> dict:
     return score(spec.metric, outputs, [spec.references(r) for r in rows], labels=spec.labels)
 
 
-def base_scores(runtime: Runtime, spec, rows, key: tuple) -> tuple[dict, list[str], float]:
+def base_scores(runtime: Runtime, spec, rows, key: tuple, batch_size: int = 16) -> tuple[dict, list[str], float]:
     """The base's scores on a sample; cached, since every adapter of a task is compared with the same ones."""
     key = (runtime.loaded.ref.hash, spec.name, *key)
     if key not in _BASE_CACHE:
-        outputs, seconds = run_outputs(runtime, spec, rows, NONE)
+        outputs, seconds = run_outputs(runtime, spec, rows, NONE, batch_size)
         _BASE_CACHE[key] = {"scores": score_outputs(spec, outputs, rows), "outputs": outputs, "seconds": seconds}
     hit = _BASE_CACHE[key]
     return hit["scores"], hit["outputs"], hit["seconds"]
 
 
 def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, data_dir=None,
-                             seed: int = 0) -> dict:
+                             seed: int = 0, batch_size: int = 16) -> dict:
     """One adapter's metrics on one task (used to score blends on every task)."""
     rows = eval_rows(spec, n, data_dir, seed)
-    outputs, _ = run_outputs(runtime, spec, rows, adapter)
+    outputs, _ = run_outputs(runtime, spec, rows, adapter, batch_size)
     return score_outputs(spec, outputs, rows)
 
 
-def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0) -> dict:
+def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
+             batch_size: int = 16) -> dict:
     """Base vs adapter `name` on `spec`: metrics, timings and a few side-by-side examples."""
     rows = eval_rows(spec, n, data_dir, seed)
-    base, base_out, base_s = base_scores(runtime, spec, rows, (len(rows), seed, spec.eval_split))
-    outputs, seconds = run_outputs(runtime, spec, rows, name)
+    base, base_out, base_s = base_scores(runtime, spec, rows, (len(rows), seed, spec.eval_split), batch_size)
+    outputs, seconds = run_outputs(runtime, spec, rows, name, batch_size)
     examples = [
         {"prompt": spec.prompt(r, 0), "reference": spec.references(r)[0], "base": b, "adapter": a}
         for r, b, a in list(zip(rows, base_out, outputs))[:EXAMPLES_IN_REPORT]

@@ -1,9 +1,9 @@
-"""Atomic file writes, a zoo-wide lock and name validation: a killed process never leaves half a file."""
+"""Atomic file writes, folder swaps, a portable lock (`filelock`) and name validation: a killed process never
+leaves half a file, and a swap it interrupted is found and finished by `finish_swaps` (`zoo doctor`)."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -11,9 +11,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
+
 from zoo.errors import ZooError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # no dots: torch refuses dotted module names
+OLD_COPY_RE = re.compile(r"^\.(?P<name>[A-Za-z0-9][A-Za-z0-9_-]{0,63})\.old-(?P<pid>\d+)$")  # see replace_dir
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -70,7 +73,10 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def replace_dir(staged: Path, final: Path) -> None:
-    """Move a fully written folder into place; the old one (if any) is removed only after the swap."""
+    """Move a fully written folder into place; the old one (if any) is removed only after the swap.
+
+    A kill between the two renames leaves `final` missing and the old copy as `.<name>.old-<pid>`;
+    `finish_swaps` puts it back."""
     final.parent.mkdir(parents=True, exist_ok=True)
     trash = None
     if final.exists():
@@ -81,14 +87,32 @@ def replace_dir(staged: Path, final: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def interrupted_swaps(folder: Path) -> list[tuple[Path, Path]]:
+    """(old copy, final folder) for every `replace_dir` in `folder` that a killed process left half done."""
+    folder = Path(folder)
+    found = []
+    for old in sorted(folder.iterdir()) if folder.is_dir() else []:
+        match = OLD_COPY_RE.fullmatch(old.name)
+        if match is not None and old.is_dir() and not old.is_symlink():
+            found.append((old, old.with_name(match["name"])))
+    return found
+
+
+def finish_swap(old: Path, final: Path) -> str:
+    """Finish a half-done swap: the old copy comes back when the new folder is missing, and is deleted when the
+    new one is in place. Call it under the lock the swap took (`Zoo.lock()`), so a running swap is never touched."""
+    if final.exists():
+        shutil.rmtree(old)
+        return f"{final.name}: deleted the old copy an interrupted swap left behind ({old.name})"
+    os.replace(old, final)
+    return f"{final.name}: restored the previous copy from an interrupted swap ({old.name})"
+
+
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike):
-    """An exclusive advisory lock, so two `zoo` processes never interleave manifest updates."""
+    """An exclusive lock (the `filelock` package: flock on POSIX, msvcrt on Windows), so two `zoo` processes
+    never interleave manifest updates. Not reentrant across calls: never nest two locks on one path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield

@@ -7,7 +7,7 @@ optionally, quantized to NF4 from the merged full-precision weights.
 
 Every merge checks itself: the merged model's logits on a few prompts must match the adapter applied to the
 same fp32 base, and the saved folder, reloaded with plain `AutoModelForCausalLM` (no PEFT), must match the
-in-memory model it was saved from.
+in-memory model it was saved from. The adapter's task spec (`task.json`) travels into the merged folder.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from zoo.base import DTYPES
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, replace_dir
+from zoo.outdir import check_replaceable, mark
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 QUANTIZE = ("nf4",)
 NF4_DIR = "nf4"
 # Max |logit difference| allowed between the merged fp32 model and the adapter on the fp32 base, relative to the
@@ -57,11 +58,11 @@ class MergeResult:
 
 # ---- inputs -------------------------------------------------------------------------------------------------
 def check_out(out: Path, force: bool) -> None:
-    """An existing output folder is never overwritten by accident."""
-    if out.exists() and not force:
+    """An existing output folder is never overwritten by accident, and `--force` replaces only a folder an
+    earlier `zoo merge` (or push) wrote (`zoo.outdir`): never `~/Documents` or a folder of the user's."""
+    if (out.exists() or out.is_symlink()) and not force:
         raise ZooError(f"output folder {out} already exists; pick another --out or pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise ZooError(f"{out} exists and is not a folder; pick another --out")
+    check_replaceable(out, "--force")
 
 
 def check_not_inside(out: Path, keep: dict[str, Path]) -> None:
@@ -73,19 +74,15 @@ def check_not_inside(out: Path, keep: dict[str, Path]) -> None:
 
 
 def adapter_and_base(zoo, name: str, base: str | None = None):
-    """The manifest entry and the base it was trained on; refuses damaged adapters and foreign bases."""
-    from zoo.base import check_same_base, resolve_base
+    """The manifest entry and the base to merge into (default: the one it was trained on); refuses damaged
+    adapters and foreign bases."""
+    from zoo.base import resolve_base
 
-    entry = zoo.get(name)
-    bad = [p for p in zoo.problems() if p.name == name]
-    if bad:
-        raise ZooError(f"adapter {name!r} is damaged: {bad[0]}")
-    base = base or entry.get("base", {}).get("id")
+    base = base or zoo.get(name).base.id
     if not base:
         raise ZooError(f"adapter {name!r} does not record its base; pass --base")
     ref = resolve_base(base)
-    check_same_base(entry, ref)
-    return entry, ref
+    return zoo.require_healthy(name, ref), ref
 
 
 # ---- model pieces -------------------------------------------------------------------------------------------
@@ -233,8 +230,8 @@ def merge_adapter(zoo, name: str, out: str | os.PathLike, dtype: str = "fp32", q
     shutil.rmtree(staged, ignore_errors=True)
     try:
         result = _write_merged(zoo, name, entry, ref, staged, dtype, quantize)
-        if out.exists() and not force:  # appeared while we worked
-            raise ZooError(f"output folder {out} appeared during the merge; pass --force to replace it")
+        mark(staged, "zoo merge")
+        check_out(out, force)  # again: it may have appeared (or filled up) while we worked
         replace_dir(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -259,9 +256,19 @@ def _write_merged(zoo, name, entry, ref, staged: Path, dtype: str, quantize: str
         got = quantize_nf4(staged, staged / NF4_DIR, tokenizer, ids, compute)
         result.nf4 = {"path": NF4_DIR, "max_diff": max_diff(got, reference),
                       "top1_agreement": round(top1_agreement(got, reference), 4)}
-    atomic_write_json(staged / "zoo_merge.json", {
-        "adapter": name, "task": entry.get("task"), "kind": entry.get("kind"),
-        "base": {"id": ref.id, "hash": ref.hash}, "lora": entry.get("lora"), "parents": entry.get("parents"),
+    write_record(zoo, entry, ref, staged, result)
+    return result
+
+
+def write_record(zoo, entry, ref, folder: Path, result: MergeResult) -> None:
+    """`zoo_merge.json` (what was merged, into what, and the checks) and the adapter's task spec."""
+    from tasks import save_spec, spec_for_adapter
+
+    spec = spec_for_adapter(zoo, entry.name)
+    save_spec(folder, spec)
+    atomic_write_json(folder / "zoo_merge.json", {
+        "adapter": entry.name, "task": spec.name, "kind": entry.kind,
+        "base": {"id": ref.id, "hash": ref.hash}, "lora": entry.lora,
+        "parents": list(entry.blend.parents) if entry.blend else None,
         "checks": {k: v for k, v in result.to_json().items() if k not in ("out", "adapter")},
     })
-    return result

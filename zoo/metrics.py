@@ -1,9 +1,11 @@
-"""Task metrics computed locally: accuracy/macro-F1, SQuAD v1.1 EM/F1 and ROUGE-1/2/L.
+"""Task metrics: accuracy/macro-F1, SQuAD v1.1 EM/F1 and ROUGE-1/2/L, behind `evaluate`'s interface.
 
-`evaluate.load(...)` fetches metric scripts from the Hub, which fails offline, so the three metrics are
-re-stated here. SQuAD follows the official v1.1 script; ROUGE matches Google's `rouge_score` defaults as
-`evaluate`'s rouge calls them (no stemming, sentence-level LCS for rougeL). Scales: accuracy and macro-F1 are
-0-1, SQuAD and ROUGE are 0-100 points, as the reports expect.
+`score()` runs them through `evaluate.load()` of this project's own metric module (`zoo/evaluate_module/
+zoo_metrics.py`, a local file: no Hub download, so it works offline; `evaluate.load()` of the Hub's squad or
+rouge would not). The module computes with the functions below: SQuAD follows the official v1.1 script, ROUGE
+is Google's `rouge-score` package (what `evaluate`'s rouge calls: default tokenizer, no stemming, sentence-level
+LCS for rougeL), classification uses scikit-learn's F1. Scales: accuracy and macro-F1 are 0-1, SQuAD and ROUGE
+0-100 points, as the reports expect.
 
 Every scorer takes raw generated texts (predictions) and raises ZooError on an empty or mismatched batch,
 since a score over nothing would look like a real 0.
@@ -11,15 +13,16 @@ since a score over nothing would look like a real 0.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from zoo.errors import ZooError
-
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -50,7 +53,6 @@ PRIMARY = {name: m.primary for name, m in METRICS.items()}
 _QUOTES = "\"'`“”‘’«»"
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def _check_batch(predictions: Sequence, references: Sequence) -> None:
@@ -145,67 +147,63 @@ def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
 
 # ---- ROUGE ----
 
-def rouge_tokens(text: str) -> list[str]:
-    """`rouge_score`'s default tokenizer: lowercase, anything but [a-z0-9] is a space, no stemming."""
-    return _NON_ALNUM.sub(" ", (text or "").lower()).split()
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def _fmeasure(overlap: int, n_pred: int, n_ref: int) -> float:
-    precision, recall = overlap / max(n_pred, 1), overlap / max(n_ref, 1)
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer  # lazy: it imports nltk
 
-
-def rouge_n(pred: list[str], ref: list[str], n: int) -> float:
-    """ROUGE-N F-measure (0-1) on token lists, clipped n-gram counts as in `rouge_score`."""
-    grams = lambda toks: Counter(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))  # noqa: E731
-    p, r = grams(pred), grams(ref)
-    return _fmeasure(sum((p & r).values()), sum(p.values()), sum(r.values()))
-
-
-def lcs_length(a: list[str], b: list[str]) -> int:
-    """Longest common subsequence length; one row of the table at a time to keep memory linear."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        row = [0]
-        for j, y in enumerate(b):
-            row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
-        prev = row
-    return prev[-1]
-
-
-def rouge_l(pred: list[str], ref: list[str]) -> float:
-    """Sentence-level ROUGE-L F-measure (0-1)."""
-    if not pred or not ref:
-        return 0.0
-    return _fmeasure(lcs_length(pred, ref), len(pred), len(ref))
-
-
-def _rouge_one(prediction: str, refs: list[str]) -> dict:
-    """Each ROUGE type's best F-measure over the references (as `rouge_score`'s score_multi)."""
-    pred = rouge_tokens(prediction)
-    toks = [rouge_tokens(r) for r in refs]
-    return {"rouge1": max((rouge_n(pred, t, 1) for t in toks), default=0.0),
-            "rouge2": max((rouge_n(pred, t, 2) for t in toks), default=0.0),
-            "rougeL": max((rouge_l(pred, t) for t in toks), default=0.0)}
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
 
 
 def rouge_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """ROUGE-1/2/L F-measures (0-100), best reference per example, mean over examples."""
+    """ROUGE-1/2/L F-measures (0-100), best reference per example (`score_multi`), mean over examples."""
     _check_batch(predictions, references)
     totals = Counter()
     for pred, refs in zip(predictions, references):
-        totals.update(_rouge_one(pred, [refs] if isinstance(refs, str) else list(refs)))
-    return {key: 100 * totals[key] / len(predictions) for key in ("rouge1", "rouge2", "rougeL")}
+        best = _rouge_scorer().score_multi([refs] if isinstance(refs, str) else list(refs), pred or "")
+        totals.update({key: best[key].fmeasure for key in ROUGE_TYPES})
+    return {key: 100 * totals[key] / len(predictions) for key in ROUGE_TYPES}
 
 
 # ---- dispatch ----
 
-def score(metric: str, predictions, references, labels=None) -> dict:
-    """Score raw generations with the task's metric ("accuracy" | "squad" | "rouge")."""
+MODULE_PATH = Path(__file__).parent / "evaluate_module" / "zoo_metrics.py"
+_MODULE_LOCK = threading.Lock()  # one loaded module per metric holds per-call state: one compute at a time
+
+
+def compute(metric: str, predictions: list[str], references: list, labels=None) -> dict:
+    """The metric's numbers from plain Python (what the `evaluate` module's `_compute` calls)."""
     if metric == "accuracy":
         return classification_scores(list(predictions), list(references), labels)
     if metric == "squad":
         return squad_scores(list(predictions), list(references))
     if metric == "rouge":
         return rouge_scores(list(predictions), list(references))
-    raise ZooError(f"unknown metric {metric!r}; use one of {sorted(PRIMARY)}")
+    raise ZooError(f"unknown metric {metric!r}; use one of {sorted(METRICS)}")
+
+
+@functools.lru_cache(maxsize=None)
+def evaluation_module(metric: str):
+    """`evaluate.load()` of the local module, once per process (the import of `evaluate` takes seconds)."""
+    import evaluate
+
+    return evaluate.load(str(MODULE_PATH), metric, keep_in_memory=True)
+
+
+def _text(value) -> str:
+    """Text Arrow can store: lone surrogates (undecodable input) become U+FFFD."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def score(metric: str, predictions, references, labels=None) -> dict:
+    """Score raw generations with the task's metric ("accuracy" | "squad" | "rouge") through `evaluate`."""
+    if metric not in METRICS:
+        raise ZooError(f"unknown metric {metric!r}; use one of {sorted(METRICS)}")
+    predictions = [_text(p) for p in predictions]
+    references = [[_text(r)] if isinstance(r, str) else [_text(x) for x in r] for r in references]
+    _check_batch(predictions, references)  # before evaluate, whose own errors are less clear
+    extra = {"labels": list(labels)} if metric == "accuracy" and labels else {}
+    with _MODULE_LOCK:
+        return evaluation_module(metric).compute(predictions=predictions, references=references, **extra)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoo.adapter_config import config_problems, tensor_problems
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json, check_name, file_lock, replace_dir
 from zoo.manifest import Entry
@@ -101,10 +102,11 @@ class Zoo:
             raise ZooError(f"no adapter named {str(name)[:80]!r} in {self.root}; known: {known}")
         return Entry.from_json(raw[name])
 
-    def require_healthy(self, name: str, base=None) -> Entry:
-        """The entry of an adapter that is whole on disk and, given a `BaseRef`, trained on that base."""
+    def require_healthy(self, name: str, base=None, dims: dict | None = None) -> Entry:
+        """The entry of an adapter that is whole on disk, plain LoRA (`zoo.adapter_config`) and, given a
+        `BaseRef`, trained on that base; with the base's linear `dims`, its tensors fit that base."""
         entry = self.get(name)
-        bad = adapter_problems(name, self.adapter_dir(name))
+        bad = adapter_problems(name, self.adapter_dir(name), dims)
         if bad:
             raise ZooError(f"adapter {name!r} is damaged: {bad[0]}")
         if base is not None and entry.base.hash and entry.base.hash != base.hash:
@@ -172,46 +174,52 @@ class Zoo:
         return [n for n in sorted(self.entries()) if n not in bad]
 
 
-def adapter_problems(name: str, path: Path) -> list[Problem]:
+def adapter_problems(name: str, path: Path, dims: dict | None = None) -> list[Problem]:
+    """Everything that keeps an adapter folder from loading safely: missing or pickled files, a damaged
+    safetensors file, a config outside plain LoRA, tensors that do not match the config (or the base's `dims`)."""
     retrain = f"retrain with `zoo train` or remove the entry with `zoo remove {name}`"
     if not path.is_dir():
         return [Problem(name, f"adapter folder {path} is missing", retrain)]
-    out = []
-    for f in sorted(path.iterdir()):
-        if f.suffix in PICKLE_SUFFIXES:
-            out.append(Problem(name, f"{f.name} is a pickle-based file, which this project never loads", f"delete {f}"))
-    cfg = path / "adapter_config.json"
+    out = [Problem(name, f"{f.name} is a pickle-based file, which this project never loads", f"delete {f}")
+           for f in sorted(path.iterdir()) if f.suffix in PICKLE_SUFFIXES]
+    out += [Problem(name, f"{f.name} is a link to {os.readlink(f)[:80]}; adapter files must be plain files",
+                    retrain) for f in sorted(path.iterdir()) if f.is_symlink()]
     try:
-        json.loads(cfg.read_text())
-    except (OSError, ValueError):
-        out.append(Problem(name, "adapter_config.json is missing or not valid JSON", retrain))
-    weights = path / "adapter_model.safetensors"
-    err = safetensors_error(weights)
+        cfg = json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return out + [Problem(name, "adapter_config.json is missing or not valid JSON", retrain)]
+    header, err = read_safetensors_header(path / "adapter_model.safetensors")
     if err:
         out.append(Problem(name, f"adapter_model.safetensors {err}", retrain))
-    return out
+    wrong = config_problems(cfg) or tensor_problems(cfg, header or {}, dims)
+    return out + [Problem(name, what, retrain) for what in wrong[:3]]
 
 
 def safetensors_error(path: Path) -> str | None:
     """Cheap integrity check: the header parses and the data size matches what it declares."""
+    return read_safetensors_header(path)[1]
+
+
+def read_safetensors_header(path: Path) -> tuple[dict | None, str | None]:
+    """(header, None) for a whole file, else (None, what is wrong); never raises on a damaged file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             n = struct.unpack("<Q", f.read(8))[0]
             if n > size - 8:
-                return "is truncated (header larger than file)"
+                return None, "is truncated (header larger than file)"
             header = json.loads(f.read(n))
     except FileNotFoundError:
-        return "is missing"
-    except (struct.error, ValueError, UnicodeDecodeError):
-        return "is corrupted (unreadable header)"
+        return None, "is missing"
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        return None, "is corrupted (unreadable header)"
     try:
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (AttributeError, KeyError, TypeError, IndexError):  # a header of [] or {"a": 1}
-        return "is corrupted (header is not a tensor table)"
-    if 8 + n + end != size:
-        return f"is truncated or corrupted ({size} bytes, header says {8 + n + end})"
-    return None
+        end = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (AttributeError, KeyError, TypeError, IndexError):  # a header of [] or {"a": 1}, offsets not numbers
+        return None, "is corrupted (header is not a tensor table)"
+    if end != size:
+        return None, f"is truncated or corrupted ({size} bytes, header says {end})"
+    return header, None
 
 
 def now_iso() -> str:

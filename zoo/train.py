@@ -4,19 +4,18 @@ Why it is faster than the usual recipe (see `zoo bench`):
 - examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and
 - the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
 - `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on),
-- and on a CPU, attention is eager while training (see `cpu_training_attention`).
+- and on a CPU, attention is eager while training (measured faster: `zoo.serving.attention.CPU_ATTENTION`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zoo.base import unwrap_peft
@@ -140,24 +139,6 @@ def attach_adapter(base_model, lora, name: str):
     return model
 
 
-@contextlib.contextmanager
-def cpu_training_attention(model, device: str):
-    """Eager attention while training on a CPU, then the model's own again.
-
-    PyTorch's CPU flash-attention kernel (sdpa) is slow backwards: on SmolLM2 with a packed row of 431 tokens
-    it took ~0.41 s of a ~1.5 s step, against ~0.18 s for eager's matmul + softmax. Packed rows stay exact
-    either way: the block-diagonal mask comes from `position_ids` (tests/test_train.py checks both)."""
-    before = getattr(model.config, "_attn_implementation", None)
-    switch = device == "cpu" and before == "sdpa" and hasattr(model, "set_attn_implementation")
-    if switch:
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            model.set_attn_implementation(before)
-
-
 # trainer ------------------------------------------------------------------------
 def make_trainer(model, examples, args_kwargs: dict, collator: PackedCollator, callbacks=()):
     from transformers import Trainer, TrainingArguments
@@ -222,62 +203,104 @@ def total_steps(train, n_examples: int) -> int:
 
 
 # recipe: setup -> train -> save -> cleanup ----------------------------------------
+@dataclass
+class TrainingRun:
+    """What `setup_run` resolves before training: the run folder, its settings and the examples."""
+
+    name: str
+    spec: object
+    run_dir: Path
+    settings: dict
+    checkpoint: str | None  # resume from here
+    examples: list[dict]
+    source: str  # where the rows came from, for the manifest
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(e["input_ids"]) for e in self.examples)
+
+
 def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, resume: bool = False,
                   callbacks=()) -> Entry:
     """Train `spec`'s adapter on the shared base `loaded` and add it to `zoo`. Returns its manifest entry.
     `callbacks` go to the Trainer (the bench's step timer)."""
     import torch
+
+    run = setup_run(zoo, spec, loaded, name or spec.name, data_dir, resume)
+    with loaded.lock:
+        model = attach_adapter(loaded.model, spec.lora, run.name)
+        try:
+            stats, log = run_trainer(model, run, loaded, callbacks)
+            staged = stage_adapter(zoo, model, run, stats, log)
+        finally:
+            model.unload()  # give the shared base back without LoRA layers
+            torch.set_grad_enabled(True)
+    entry = adapter_entry(run, loaded, stats, log)
+    zoo.install(staged, entry)
+    shutil.rmtree(run.run_dir, ignore_errors=True)
+    return entry
+
+
+def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingRun:
+    """The run folder (resumed or clean), the tokenized examples and the seed."""
     from transformers import set_seed
 
     from zoo.data import describe_source, load_rows
-    from tasks import save_spec
-    from zoo.store import now_iso
 
-    name = name or spec.name
     train = spec.train
     run_dir = zoo.run_dir(name)
     settings = {"task": spec.name, "base": loaded.ref.hash, "lora": asdict(spec.lora), "train": asdict(train),
                 "quantized": loaded.quantized}
     checkpoint = _prepare_run_dir(run_dir, settings, resume)
-
     rows = load_rows(spec, spec.train_split, data_dir, limit=train.max_examples, seed=train.seed)
     examples = build_examples(spec, loaded.tokenizer, rows, train.max_seq_len, train.seed)
     set_seed(train.seed)
-    with loaded.lock:
-        model = attach_adapter(loaded.model, spec.lora, name)
-        try:
-            args = training_args(train, run_dir, loaded.device, loaded.compute_dtype)
-            steps = total_steps(train, len(examples))
-            args["warmup_steps"] = int(steps * train.warmup_ratio)
-            args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
-            collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
-            trainer = make_trainer(model, examples, args, collator, callbacks)
-            print(f"[zoo] training {name!r} ({spec.name}): {len(examples)} examples, "
-                  f"{sum(len(e['input_ids']) for e in examples)} tokens, LoRA r={spec.lora.r} "
-                  f"on {spec.lora.layers or 'all'} layers", flush=True)
-            t0 = time.perf_counter()
-            with cpu_training_attention(loaded.model, loaded.device):
-                trainer.train(resume_from_checkpoint=checkpoint)
-            seconds = time.perf_counter() - t0
-            stats = _throughput(trainer, collator, seconds)
-            staged = zoo.staging_dir(name)
-            save_adapter(model, name, staged)
-            log = [h for h in trainer.state.log_history if "loss" in h]
-            atomic_write_json(staged / "training.json", {**settings, "throughput": stats, "loss_log": log})
-            save_spec(staged, spec)
-        finally:
-            model.unload()  # give the shared base back without LoRA layers
-            torch.set_grad_enabled(True)
-    entry = Entry(
-        name=name, task=spec.name, kind="trained", base=BaseInfo.of(loaded), lora=asdict(spec.lora),
-        train=asdict(train), path=f"adapters/{name}", created=now_iso(), throughput=stats,
-        data={"source": describe_source(spec, spec.train_split, data_dir), "examples": len(examples),
-              "tokens": sum(len(e["input_ids"]) for e in examples)},
+    return TrainingRun(name, spec, run_dir, settings, checkpoint, examples,
+                       describe_source(spec, spec.train_split, data_dir))
+
+
+def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, list[dict]]:
+    """Train `model` (the base with the new adapter) on the run's examples, in the training phase's attention.
+    Returns the throughput and the loss log."""
+    from zoo.serving.attention import TRAINING, in_phase
+
+    train, spec = run.spec.train, run.spec
+    args = training_args(train, run.run_dir, loaded.device, loaded.compute_dtype)
+    steps = total_steps(train, len(run.examples))
+    args["warmup_steps"] = int(steps * train.warmup_ratio)
+    args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
+    collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
+    trainer = make_trainer(model, run.examples, args, collator, callbacks)
+    print(f"[zoo] training {run.name!r} ({spec.name}): {len(run.examples)} examples, {run.tokens} tokens, "
+          f"LoRA r={spec.lora.r} on {spec.lora.layers or 'all'} layers", flush=True)
+    t0 = time.perf_counter()
+    with in_phase(loaded.model, TRAINING):
+        trainer.train(resume_from_checkpoint=run.checkpoint)
+    stats = _throughput(trainer, collator, time.perf_counter() - t0)
+    return stats, [h for h in trainer.state.log_history if "loss" in h]
+
+
+def stage_adapter(zoo, model, run: TrainingRun, stats: dict, log: list[dict]) -> Path:
+    """The adapter, its training record and its resolved task spec in a staging folder for `Zoo.install`."""
+    from tasks import save_spec
+
+    staged = zoo.staging_dir(run.name)
+    save_adapter(model, run.name, staged)
+    atomic_write_json(staged / "training.json", {**run.settings, "throughput": stats, "loss_log": log})
+    save_spec(staged, run.spec)
+    return staged
+
+
+def adapter_entry(run: TrainingRun, loaded, stats: dict, log: list[dict]) -> Entry:
+    """The manifest entry of a finished run (what `Zoo.install` records)."""
+    from zoo.store import now_iso
+
+    return Entry(
+        name=run.name, task=run.spec.name, kind="trained", base=BaseInfo.of(loaded), lora=asdict(run.spec.lora),
+        train=asdict(run.spec.train), path=f"adapters/{run.name}", created=now_iso(), throughput=stats,
+        data={"source": run.source, "examples": len(run.examples), "tokens": run.tokens},
         final_loss=log[-1]["loss"] if log else None,
     )
-    zoo.install(staged, entry)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return entry
 
 
 def _prepare_run_dir(run_dir: Path, settings: dict, resume: bool) -> str | None:

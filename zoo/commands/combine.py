@@ -13,17 +13,18 @@ import json
 
 from zoo.errors import ZooError
 
-METHOD_CHOICES = ("cat", "svd", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", "ties_svd",
-                  "dare_linear_svd", "dare_ties_svd", "magnitude_prune_svd")
-
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from zoo.combine.recipe import DEFAULT_DENSITY, METHODS
+    from zoo.combine.search import DEFAULT_SEARCH_N
+
     p.add_argument("adapters", nargs="*", help="adapters to combine (two or more, same base)")
     p.add_argument("--name", help="name of the new adapter")
     p.add_argument("--weights", nargs="+", type=float, help="one weight per adapter (default: equal, summing to 1)")
-    p.add_argument("--method", nargs="+", choices=METHOD_CHOICES, metavar="METHOD",
-                   help=f"one of {', '.join(METHOD_CHOICES)} (default: cat); with --search, the methods to try")
-    p.add_argument("--density", type=float, help="share of entries kept by ties/dare/magnitude_prune (default 0.5)")
+    p.add_argument("--method", nargs="+", choices=list(METHODS), metavar="METHOD",
+                   help=f"one of {', '.join(METHODS)} (default: cat); with --search, the methods to try")
+    p.add_argument("--density", type=float,
+                   help=f"share of entries kept by ties/dare/magnitude_prune (default {DEFAULT_DENSITY})")
     p.add_argument("--svd-rank", type=int, help="rank of an SVD blend (default: the largest parent rank)")
     p.add_argument("--seed", type=int, default=0, help="seed for DARE's random drops and the search sample")
     p.add_argument("--route-as", nargs="+", metavar="TASK", help="tasks the router may send to this blend "
@@ -31,7 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing adapter of that name")
     s = p.add_argument_group("search")
     s.add_argument("--search", action="store_true", help="try a small grid of weights/methods and keep the best")
-    s.add_argument("-n", "--n", type=int, default=16, help="validation examples per task for --search")
+    s.add_argument("-n", "--n", type=int, default=DEFAULT_SEARCH_N, help="validation examples per task for --search")
     s.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     s.add_argument("--no-quant", action="store_true", help="score on a full-precision base instead of NF4")
     p.add_argument("--report", action="store_true",
@@ -40,7 +41,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from zoo.combine import rows_from_manifest, write_combination_report
+    from zoo.combine.search import rows_from_manifest
+    from zoo.reports import write_combination_report
     from zoo.store import Zoo
 
     zoo = Zoo(args.zoo)
@@ -54,11 +56,12 @@ def run(args) -> int:
         raise ZooError("give the new adapter a name with --name")
     entry = search_and_combine(zoo, args) if args.search else combine_once(zoo, args)
     if args.json:
-        print(json.dumps(entry, indent=2))
+        print(json.dumps(entry.to_json(), indent=2))
     else:
-        print(f"[zoo] added {entry['name']!r}: {entry['method']} of {', '.join(entry['parents'])} with weights "
-              f"{entry['weights']} -> LoRA r={entry['lora']['r']} ({zoo.adapter_dir(entry['name'])})")
-        print(f"[zoo] score it on every task with `zoo eval {entry['name']} --tasks all`")
+        blend = entry.blend
+        print(f"[zoo] added {entry.name!r}: {blend.method} of {', '.join(blend.parents)} with weights "
+              f"{list(blend.weights)} -> LoRA r={entry.lora['r']} ({zoo.adapter_dir(entry.name)})")
+        print(f"[zoo] score it on every task with `zoo eval {entry.name} --tasks all`")
     return 0
 
 
@@ -67,7 +70,7 @@ def weights_for(args) -> tuple[float, ...]:
     return tuple(args.weights) if args.weights else tuple([1.0 / k] * k)
 
 
-def combine_once(zoo, args) -> dict:
+def combine_once(zoo, args):
     from zoo.combine import Blend, combine
 
     methods = args.method or ["cat"]
@@ -77,29 +80,24 @@ def combine_once(zoo, args) -> dict:
     return combine(zoo, blend, args.name, route_as=args.route_as, force=args.force)
 
 
-def search_and_combine(zoo, args) -> dict:
-    from zoo.combine import (Blend, adapter_config, check_target_name, combine, delta_norm, max_rank, search,
-                             search_grid, write_combination_report)
+def search_and_combine(zoo, args):
+    """Score the grid, keep the best blend as `args.name`, and write the combinations report."""
+    from zoo.combine import Blend, combine
+    from zoo.combine.build import check_target_name
+    from zoo.combine.search import grid_for, search
+    from zoo.reports import write_combination_report
 
     if args.n < 1:
         raise ZooError("-n must be at least 1")
     parents = tuple(args.adapters)
     check_target_name(zoo, args.name, parents, args.force)  # fail before minutes of scoring
-    if args.weights and len(args.weights) != len(parents):
-        raise ZooError(f"{len(args.weights)} weights for {len(parents)} adapters; give one weight each")
-    for p in parents:
-        zoo.get(p)
-    same_rank = len({max_rank(adapter_config(zoo, p)) for p in parents}) == 1
-    norms = None if args.weights else [delta_norm(zoo, p) for p in parents]
-    blends = search_grid(parents, args.method, args.weights, args.density, same_rank, args.seed, norms)
+    blends = grid_for(zoo, parents, args.method, args.weights, args.density, args.seed)
     rows = search(zoo, blends, n=args.n, data_dir=args.data_dir, seed=args.seed, quant=not args.no_quant)
     best = rows[0]
     if best["mean_fraction"] is None:
         raise ZooError("no blend could be scored (every parent scored 0 on its own task); evaluate the parents")
     best["chosen"], best["adapter"] = True, args.name
-    entry = combine(zoo, Blend(**{**best["blend"], "parents": tuple(best["blend"]["parents"]),
-                                  "weights": tuple(best["blend"]["weights"])}),
-                    args.name, route_as=args.route_as, force=args.force)
+    combine(zoo, Blend.from_json(best["blend"]), args.name, route_as=args.route_as, force=args.force)
     zoo.set_metrics(args.name, "search", {"n": args.n, "seed": args.seed, "tasks": best["tasks"],
                                           "mean_fraction": best["mean_fraction"]})
     print(f"[zoo] best: {best['name']} (mean fraction {best['mean_fraction']:.3f}); "

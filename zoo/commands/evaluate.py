@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from zoo.cli import count
 from zoo.errors import ZooError
+
+MAX_BATCH = 512
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="adapters to evaluate (default: every healthy adapter)")
-    p.add_argument("-n", "--n", type=int, default=200, help="examples per task (a fixed, seeded sample)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", "--n", type=count(1), default=200,
+                   help="examples per task, a fixed seeded sample (default 200)")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the sample (default 0)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
     p.add_argument("--router", action="store_true", help="evaluate the router instead (reports/router.md)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=16,
+                   help="prompts generated together (default 16)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
 
 
@@ -23,8 +28,6 @@ def run(args) -> int:
     from zoo.store import Zoo
 
     zoo = Zoo(args.zoo)
-    if args.n < 1:
-        raise ZooError("-n must be at least 1")
     if args.router:
         from router.report import write_router_report
 
@@ -51,7 +54,8 @@ def per_task(zoo, names, args) -> int:
     with Runtime(zoo) as runtime:
         for name in names:
             spec = spec_for_adapter(zoo, name)
-            result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed)
+            result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed,
+                              batch_size=args.batch_size)
             write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
             zoo.set_metrics(name, "eval", summary(result))
             results.append(summary(result))
@@ -74,11 +78,12 @@ def cross_task(zoo, names, args) -> int:
     with Runtime(zoo) as runtime:
         for name in names:
             scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir,
-                                                       seed=args.seed) for s in specs}
+                                                       seed=args.seed, batch_size=args.batch_size) for s in specs}
             results.append({"name": name, "n": args.n, "tasks": scores})
             zoo.set_metrics(name, "tasks", scores)
     if any(zoo.get(n).kind == "combined" for n in names):
-        from zoo.combine import rows_from_manifest, write_combination_report
+        from zoo.combine.search import rows_from_manifest
+        from zoo.reports import write_combination_report
 
         write_combination_report(zoo, rows_from_manifest(zoo))
     if args.json:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from zoo.cli import count
+from zoo.commands.evaluate import MAX_BATCH
 from zoo.errors import ZooError
 
 
@@ -13,9 +15,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default="auto", help="auto (route), none (plain base), or an adapter name")
     p.add_argument("--show-route", action="store_true", help="print the route and probabilities too")
     p.add_argument("--json", action="store_true", help='one JSON object per prompt: {"route", "probs", "answer"}')
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=count(1, 4096), default=None,
+                   help="answer length in tokens (default: the task's, 128 for the plain base)")
     p.add_argument("--base", default=None, help="base model (default: the zoo's)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=8, help="prompts generated together (default 8)")
 
 
 def run(args) -> int:
@@ -24,8 +27,6 @@ def run(args) -> int:
     from zoo.store import Zoo
 
     prompts = read_prompts(args.prompt)
-    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 4096:
-        raise ZooError("--max-new-tokens must be between 1 and 4096")
     zoo = Zoo(args.zoo)
     if args.adapter not in ("auto", NONE):
         zoo.get(args.adapter)  # unknown names fail before the model loads

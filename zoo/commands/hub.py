@@ -18,7 +18,8 @@ def configure_push(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single-repo", action="store_true", help="with --all: one repo, adapters in adapters/<name>/")
     p.add_argument("--private", action="store_true", help="create new repos as private (existing ones keep theirs)")
     p.add_argument("--dry-run", action="store_true", help="build the repo folders and list them; upload nothing")
-    p.add_argument("--out", help="with --dry-run: write the repo folders here (one per repo) instead of a temp dir")
+    p.add_argument("--out", help="with --dry-run: write the repo folders here (one per repo) instead of a temp dir; an "
+                        "existing OUT/<repo name> is replaced only if an earlier dry run wrote it")
 
 
 def run_push(args) -> int:
@@ -79,7 +80,8 @@ def configure_pull(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="Hub repo USER/NAME (an adapter or a whole zoo), or a local folder laid out as one")
     p.add_argument("--into", help="zoo folder to add to (default: --zoo, $ZOO_DIR or ./zoo-out)")
     p.add_argument("--name", help="local name for a single adapter (default: its published name)")
-    p.add_argument("--base", help="local base to check against (default: the base the adapter names)")
+    p.add_argument("--base", help="local base the adapters must have been trained on (default: the base of this "
+                                  "zoo's adapters, else the embedded smollm2-135m; never the one the source names)")
     p.add_argument("--force", action="store_true", help="replace adapters (and the router) that already exist")
 
 
@@ -88,10 +90,10 @@ def run_pull(args) -> int:
     from zoo.store import Zoo
 
     zoo = Zoo(args.into or args.zoo)
-    items, router = plan_pull(args.source, args.name, args.base)  # everything checked before anything is written
+    items, router = plan_pull(zoo, args.source, args.name, args.base)  # everything checked before anything is written
     router_installed = install(zoo, items, router, args.force)
     for item in items:
-        print(f"[zoo] added {item.name} ({item.entry.get('task')}) from {item.entry['pulled_from']}")
+        print(f"[zoo] added {item.name} ({item.entry.task}) from {item.entry.pulled_from}")
     if router is not None:
         print(f"[zoo] router: {'installed' if router_installed else 'kept the local one (--force replaces it)'}")
     print(f"[zoo] {len(items)} adapter(s) added to {zoo.root}")

@@ -19,7 +19,7 @@ def run_list(args) -> int:
 
     zoo = Zoo(args.zoo)
     entries = zoo.entries()
-    problems = zoo.problems()
+    problems = swap_problems(zoo) + zoo.problems()
     rows = [{"name": n, "task": e.task, "kind": e.kind, "base": e.to_json()["base"],
              "path": str(zoo.adapter_dir(n)), "lora": e.lora, "metrics": e.metrics,
              "throughput": e.throughput, "parents": list(e.blend.parents) if e.blend else None,
@@ -40,14 +40,27 @@ def run_list(args) -> int:
     return 1 if (problems and args.check) else 0
 
 
+def swap_problems(zoo) -> list:
+    """Half-done swaps as problems (`zoo list` reports them; `zoo doctor` repairs them)."""
+    from zoo.fsutil import interrupted_swaps
+    from zoo.store import Problem
+
+    return [Problem(final.name, f"an interrupted update left the previous copy in {old.name}",
+                    "run `zoo doctor` to finish it") for folder in swap_folders(zoo)
+            for old, final in interrupted_swaps(folder)]
+
+
 def configure_doctor(p: argparse.ArgumentParser) -> None:
     pass
 
 
 def run_doctor(args) -> int:
+    """Finish swaps a killed process left half done (lossless, under the zoo lock), then explain the rest."""
     from zoo.store import Zoo
 
     zoo = Zoo(args.zoo)
+    for line in repair_swaps(zoo):
+        print(f"repaired: {line}")
     problems = zoo.problems()
     if not problems:
         print(f"{zoo.root}: healthy ({len(zoo.entries())} adapters)")
@@ -55,6 +68,20 @@ def run_doctor(args) -> int:
     for p in problems:
         print(f"{p.name}: {p.what}\n  fix: {p.fix}")
     return 1
+
+
+def swap_folders(zoo) -> list:
+    """The folders whose entries `replace_dir` swaps: the adapters and the zoo root (the router)."""
+    return [zoo.root / "adapters", zoo.root]
+
+
+def repair_swaps(zoo) -> list[str]:
+    from zoo.fsutil import finish_swap, interrupted_swaps
+
+    if not zoo.root.is_dir():
+        return []
+    with zoo.lock():  # every swap in a zoo runs under this lock, so none is in progress now
+        return [finish_swap(old, final) for folder in swap_folders(zoo) for old, final in interrupted_swaps(folder)]
 
 
 def configure_remove(p: argparse.ArgumentParser) -> None:

@@ -7,14 +7,17 @@ import json
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from zoo.merge import DTYPES, QUANTIZE
+
     p.add_argument("name", help="adapter to merge")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --force)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                    help="dtype of the saved weights (the merge itself is always done in fp32)")
-    p.add_argument("--quantize", choices=("nf4",), default=None,
+    p.add_argument("--quantize", choices=list(QUANTIZE), default=None,
                    help="also save a bitsandbytes 4-bit copy, quantized from the merged weights, in OUT/nf4")
     p.add_argument("--base", default=None, help="base to merge into (default: the one the adapter was trained on)")
-    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--force", action="store_true",
+                   help="replace an output folder an earlier `zoo merge` wrote (never a folder of yours)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
 

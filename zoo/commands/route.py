@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from zoo.errors import ZooError
+from zoo.cli import count
 
 BATCH = 256
 
@@ -19,10 +19,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", default=None, help="prompt to route (default: read prompts from stdin)")
     p.add_argument("--train", action="store_true", help="fit the router for the zoo's tasks and save it in the zoo")
     p.add_argument("--tasks", nargs="+", default=None, help="with --train: fit for these tasks instead")
-    p.add_argument("--rows", type=int, default=300, help="with --train: training rows sampled per task")
+    p.add_argument("--rows", type=count(1), default=300,
+                   help="with --train: training rows sampled per task (default 300)")
     p.add_argument("--features", choices=("mix", "ngrams", "minilm"), default=None,
                    help="with --train: feature set (default mix; ngrams needs no embedding model but is less accurate)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count(0), default=0, help="with --train: seed of the sample (default 0)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--json", action="store_true", help='one {"route", "probs"} JSON object per prompt')
 
@@ -50,8 +51,6 @@ def run(args) -> int:
 def train(zoo, args) -> None:
     from router import fit_router
 
-    if args.rows < 1:
-        raise ZooError("--rows must be at least 1")
     params = {"features": args.features} if args.features else {}
     router = fit_router(zoo, data_dir=args.data_dir, seed=args.seed, tasks=args.tasks, rows_per_task=args.rows,
                         **params)

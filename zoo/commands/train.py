@@ -1,13 +1,27 @@
-"""`zoo train TASK... | --all`: one QLoRA adapter per task on the shared base, saved into the zoo."""
+"""`zoo train TASK... | --all`: one QLoRA adapter per task on the shared base, saved into the zoo.
+
+The LoRA and training flags are generated from the `LoraSettings` / `TrainSettings` dataclasses (tasks/spec.py):
+every field is a flag, its help text is the field's, and its value goes through `settings_from_dict`, the
+conversion task files use too. A flag that is not given leaves the task's own setting as it is.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, fields, replace
 
 from zoo.errors import ZooError
 
+# a field's flag is --field-name, unless named here (the first name is the one --help lists first)
+FLAG_NAMES = {"r": ("--rank", "-r"), "learning_rate": ("--lr", "--learning-rate"), "target_modules": ("--targets",),
+              "use_dora": ("--dora",)}
+NONE_MEANS = {"layers": "all", "max_examples": "all", "max_steps": "none: epochs decide"}
+SECTIONS = (("lora", "LoRA"), ("train", "training"))
+
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from tasks.spec import LoraSettings, TrainSettings
+
     p.add_argument("tasks", nargs="*", help="task names or task files (YAML/JSON)")
     p.add_argument("--all", action="store_true", help="train every registered task")
     p.add_argument("--name", help="adapter name (default: the task name; one task only)")
@@ -16,49 +30,82 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-router", action="store_true", help="do not refresh the router afterwards")
-    b = p.add_argument_group("budget")
-    b.add_argument("--max-steps", type=int)
-    b.add_argument("--max-examples", type=int)
-    b.add_argument("--epochs", type=float)
-    t = p.add_argument_group("training (defaults come from the task spec)")
-    t.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--grad-accum", type=int)
-    t.add_argument("--optimizer", help="e.g. adamw_torch, adamw_bnb_8bit, paged_adamw_8bit")
-    t.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    t.add_argument("--max-seq-len", type=int)
-    t.add_argument("--save-steps", type=int)
-    t.add_argument("--seed", type=int)
-    lo = p.add_argument_group("LoRA (defaults come from the task spec)")
-    lo.add_argument("--rank", "-r", dest="r", type=int)
-    lo.add_argument("--alpha", type=int)
-    lo.add_argument("--dropout", type=float)
-    lo.add_argument("--targets", help="attention | mlp | all-linear | comma list such as q_proj,v_proj")
-    lo.add_argument("--layers", help="adapt only the top N layers, or 'all'")
-    lo.add_argument("--dora", action="store_true", default=None, help="use DoRA")
+    for (section, title), cls in zip(SECTIONS, (LoraSettings, TrainSettings)):
+        group = p.add_argument_group(f"{title} settings ({cls.__name__} in tasks/spec.py)",
+                                     "defaults: the dataclass's, unless the task sets its own (named after it)")
+        for f in fields(cls):
+            add_setting_flag(group, section, f)
 
 
-def overrides(args) -> tuple[dict, dict]:
-    train = {k: getattr(args, k) for k in ("max_steps", "max_examples", "epochs", "learning_rate", "batch_size",
-                                           "grad_accum", "optimizer", "gradient_checkpointing", "max_seq_len",
-                                           "save_steps", "seed")}
-    lora = {"r": args.r, "alpha": args.alpha, "dropout": args.dropout, "use_dora": args.dora}
-    if args.targets:
-        lora["target_modules"] = args.targets if "," not in args.targets and args.targets in (
-            "attention", "mlp", "all-linear") else tuple(t.strip() for t in args.targets.split(",") if t.strip())
-    if args.layers:
-        if args.layers == "all":
-            lora["layers"] = None
-            lora["_all_layers"] = True
-        elif args.layers.isdigit():
-            lora["layers"] = int(args.layers)
-        else:
-            raise ZooError(f"--layers takes a number or 'all', not {args.layers!r}")
-    return lora, train
+def add_setting_flag(group, section: str, f) -> None:
+    """One flag for one settings field; SUPPRESS keeps a flag that is not given out of `args`."""
+    names = FLAG_NAMES.get(f.name, ("--" + f.name.replace("_", "-"),))
+    kind = str(f.type)
+    options = {"dest": f"{section}.{f.name}", "default": argparse.SUPPRESS,
+               "help": f"{f.metadata.get('help', f.name)} ({default_text(section, f)})"}
+    if kind == "bool":
+        options["action"] = argparse.BooleanOptionalAction
+    else:
+        options["type"] = PARSERS.get(f.name) or (int if kind.startswith("int") else
+                                                   float if kind.startswith("float") else str)
+        options["metavar"] = METAVARS.get(f.name) or {"int": "N", "float": "X"}.get(kind.split(" ")[0], "NAME")
+    group.add_argument(*names, **options)
+
+
+def default_text(section: str, f) -> str:
+    """The dataclass default, then each registered task that sets another one."""
+    from tasks import all_tasks
+
+    default = f.default if f.default is not MISSING else f.default_factory()
+    own = [f"{name}: {show_value(f.name, getattr(getattr(spec, section), f.name))}"
+           for name, spec in sorted(all_tasks().items()) if getattr(getattr(spec, section), f.name) != default]
+    return f"default: {show_value(f.name, default)}" + (f"; {', '.join(own)}" if own else "")
+
+
+def show_value(key: str, value) -> str:
+    if value is None:
+        return NONE_MEANS.get(key, "none")
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def parse_targets(text: str):
+    """A preset name, or a comma list of module names (one name is a list of one)."""
+    from tasks.spec import TARGET_PRESETS
+
+    if text in TARGET_PRESETS:
+        return text
+    names = [t.strip() for t in text.split(",") if t.strip()]  # a list, as a task file gives it
+    if not names:
+        raise argparse.ArgumentTypeError(f"give a preset ({', '.join(TARGET_PRESETS)}) or module names")
+    return names
+
+
+def parse_layers(text: str):
+    """`all` (every layer: the setting's None) or the number of top layers to adapt."""
+    if text == "all":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"takes a number of top layers or 'all', not {text[:40]!r}")
+
+
+PARSERS = {"target_modules": parse_targets, "layers": parse_layers}
+METAVARS = {"target_modules": "PRESET|a,b", "layers": "N|all"}
+
+
+def overrides(args) -> dict[str, dict]:
+    """{"lora": {...}, "train": {...}}: only the settings given on the command line."""
+    given = {section: {} for section, _ in SECTIONS}
+    for dest, value in vars(args).items():
+        section, _, key = dest.partition(".")
+        if key and section in given:
+            given[section][key] = value
+    return given
 
 
 def resolve_specs(args) -> list:
     from tasks import all_tasks, get_task
+    from tasks.spec import LoraSettings, TrainSettings, settings_from_dict
 
     if args.all and args.tasks:
         raise ZooError("give task names or --all, not both")
@@ -67,17 +114,10 @@ def resolve_specs(args) -> list:
     specs = list(all_tasks().values()) if args.all else [get_task(t) for t in args.tasks]
     if args.name is not None and len(specs) != 1:
         raise ZooError("--name works with exactly one task")
-    lora, train = overrides(args)
-    all_layers = lora.pop("_all_layers", False)
-    out = []
-    for spec in specs:
-        spec = spec.with_overrides(lora=lora, train=train)
-        if all_layers:
-            from dataclasses import replace
-
-            spec = replace(spec, lora=replace(spec.lora, layers=None))
-        out.append(spec)
-    return out
+    given = overrides(args)
+    return [replace(spec, lora=settings_from_dict(LoraSettings, given["lora"], spec.lora, where="command line"),
+                    train=settings_from_dict(TrainSettings, given["train"], spec.train, where="command line"))
+            for spec in specs]
 
 
 def run(args) -> int:

@@ -1,15 +1,26 @@
-"""Attention for CPU serving: one new token per row runs as two grouped matmuls instead of PyTorch's SDPA kernel,
-and a prefill pass of several prompts back to back attends prompt by prompt.
+"""Attention per phase, in one place: what each phase runs on a CPU, and the runtime's own attention for serving.
+
+| phase               | CPU (a model loaded with SDPA)       | GPU, or other attention |
+|---------------------|--------------------------------------|-------------------------|
+| training            | eager (`CPU_ATTENTION`, measured)    | as loaded               |
+| prefill and decode  | `NAME`, this module's `attention`    | as loaded               |
+
+`use_phase` / `in_phase` switch a model; the runtime and training call nothing else. Serving is one implementation
+for both of its phases because `attention` picks per call: a decode step (one query token per row) runs as two
+grouped matmuls instead of PyTorch's SDPA kernel, a packed prefill pass attends prompt by prompt, and any other
+call goes to SDPA itself.
 
 On a CPU, SDPA's flash kernel spends most of its time on tiling when the query is a single token: in bf16, 16 rows
 over 500 cached tokens took 4.1 ms per layer against 0.3 ms as matmuls (2 cores, measured), which made attention
-over half of a batched decode step. A packed prefill pass (`zoo.serving.prefill`) passes `PIECES`: each prompt then attends
-to the cached shared prefix and itself only, so all of a batch's prompts can share one pass (its projections run as
-a few large matmuls) without one prompt-by-prompt mask over the whole pass. Training and GPUs keep transformers'
-own SDPA, untouched.
+over half of a batched decode step. A packed prefill pass (`zoo.serving.prefill`) passes `PIECES`: each prompt then
+attends to the cached shared prefix and itself only, so all of a batch's prompts can share one pass (its projections
+run as a few large matmuls) without one prompt-by-prompt mask over the whole pass. Training on a CPU runs eager
+attention: SDPA's CPU kernel is slow backwards (numbers at `CPU_ATTENTION`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 NAME = "zoo_sdpa"
 PIECES = "zoo_pieces"  # keyword of a packed prefill pass: [(offset, length)] per prompt, in order
@@ -84,9 +95,45 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def use_for_cpu_decoding(model) -> None:
-    """Switch a model that runs SDPA on the CPU to `NAME` (models on other attention stay as they are)."""
-    if getattr(model.config, "_attn_implementation", None) != "sdpa" or model.device.type != "cpu":
-        return
-    register()
-    model.set_attn_implementation(NAME)
+TRAINING, SERVING = "training", "serving"
+# What each phase runs on a CPU. Training: eager, faster than SDPA whose CPU flash kernel is slow backwards
+# (SmolLM2 NF4, 2 cores, training steps: see docs/performance.md).
+CPU_ATTENTION = {TRAINING: "eager", SERVING: NAME}
+
+
+def attention_for(model, phase: str) -> str | None:
+    """The attention `model` runs in `phase`: `CPU_ATTENTION`'s on a CPU for a model loaded with SDPA, else the
+    one it was loaded with (GPUs, and models without SDPA, keep their own)."""
+    if phase not in CPU_ATTENTION:
+        raise ValueError(f"unknown phase {phase!r}: use one of {sorted(CPU_ATTENTION)}")
+    loaded = _loaded_attention(model)
+    return CPU_ATTENTION[phase] if loaded == "sdpa" and model.device.type == "cpu" else loaded
+
+
+def use_phase(model, phase: str) -> str | None:
+    """Switch `model` to `phase`'s attention (see the table above); returns the one it ran before."""
+    before = getattr(model.config, "_attn_implementation", None)
+    want = attention_for(model, phase)  # remembers the loaded one before the first switch
+    if want != before:
+        if want == NAME:
+            register()
+        model.set_attn_implementation(want)
+    return before
+
+
+def _loaded_attention(model) -> str | None:
+    """The attention `model` was loaded with, remembered on it the first time a phase switches it."""
+    if not hasattr(model, "_zoo_loaded_attention"):
+        model._zoo_loaded_attention = getattr(model.config, "_attn_implementation", None)
+    return model._zoo_loaded_attention
+
+
+@contextlib.contextmanager
+def in_phase(model, phase: str):
+    """`phase`'s attention for the block, then the model's previous one again (also on errors)."""
+    before = use_phase(model, phase)
+    try:
+        yield
+    finally:
+        if getattr(model.config, "_attn_implementation", None) != before:
+            model.set_attn_implementation(before)

@@ -13,6 +13,7 @@ repacks its weights for its CPU kernel (and they could no longer be made from it
 from __future__ import annotations
 
 import os
+import sys
 import types
 
 MIN_ROWS = 32  # tokens in a forward pass from which the dense copy is used (a decode batch stays below)
@@ -64,11 +65,8 @@ def dequantized(layer):
 
 
 def _nf4_layers(model) -> list:
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return []
-    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    bnb = sys.modules.get("bitsandbytes")  # not imported yet: no NF4 layer anywhere (and no import for a plain base)
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)] if bnb is not None else []
 
 
 def _dtype(layer):

@@ -12,6 +12,7 @@ import threading
 import warnings
 
 from zoo.base import DEFAULT_BASE, load_base, unwrap_peft
+from zoo.serving.attention import SERVING, use_phase
 from zoo.serving.dense import use_dense_weights
 from zoo.errors import ZooError
 from zoo.serving.lora_serving import use_serving_forwards
@@ -39,6 +40,7 @@ class Runtime:
         entries = self.zoo.entries() if self.zoo.manifest_path.exists() else {}
         base = base or next((e.base.id for e in entries.values() if e.base.id), DEFAULT_BASE)
         self.loaded = load_base(base, quant=quant, device=device)
+        use_phase(self.loaded.model, SERVING)  # prefill and decode attention (zoo.serving.attention)
         self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.serving.dense)
         self.tokenizer = self.loaded.tokenizer
         self.model = None  # becomes a PeftModel with the first adapter
@@ -104,6 +106,56 @@ class Runtime:
         for name in self.available():
             self.load_adapter(name)
         return self.adapters
+
+    def temporary_adapter(self, folder=None, blend=None, name: str = "temporary"):
+        """A context manager: an adapter on the model only inside the `with` block (a blend scored or tried), from
+        a PEFT `folder` outside the zoo or a `zoo.combine.Blend` of zoo adapters built in memory (`zoo.combine.plan`
+        checks it). Yields its name; deletes it on exit, after errors too. The lock is held to add and delete it."""
+        from contextlib import contextmanager
+        from pathlib import Path
+        from zoo.fsutil import check_name
+        from zoo.store import adapter_problems
+
+        if (folder is None) == (blend is None):
+            raise ZooError("a temporary adapter comes from a folder or from a blend: give exactly one")
+        if check_name(name, "adapter name") in self.adapters or name in self.zoo.entries():
+            raise ZooError(f"an adapter named {name!r} exists already; give the temporary one another name")
+        if folder is not None and (bad := adapter_problems(name, Path(folder))):
+            raise ZooError(f"cannot load {folder}: {bad[0]}")
+
+        def add() -> None:
+            options = dict(adapter_name=name, is_trainable=False, autocast_adapter_dtype=False)
+            if blend is not None:
+                from zoo.combine import apply_blend, plan
+                planned = plan(self.zoo, blend)[0]  # may put another parent first, as `zoo combine` does
+                for parent in planned.parents:
+                    self.load_adapter(parent)
+                apply_blend(self.model, list(planned.parents), planned, name)
+            elif self.model is None:
+                from peft import PeftModel
+                self.model = PeftModel.from_pretrained(self.loaded.model, str(folder), **options)
+            else:
+                self.model.load_adapter(str(folder), **options)
+            self._cast_adapter(name)  # served like any other adapter from here on
+            self._share_identity_dropout(name)
+            use_serving_forwards(self.model)
+            self.model.eval()
+
+        @contextmanager
+        def scope():
+            try:
+                with self.lock:
+                    add()
+                yield name
+            finally:  # after a failed add too: half a blend is never left behind
+                with self.lock, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "deleted the active adapter": every call sets its own
+                    if self.adapters == [name]:
+                        self.close()  # PEFT keeps no model without an adapter: give the base back instead
+                    elif name in self.adapters:
+                        self.model.delete_adapter(name)
+
+        return scope()
 
     def release_memory(self) -> None:
         """Hand freed memory back to the OS after a burst of requests (glibc keeps it per thread otherwise)."""

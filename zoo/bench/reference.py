@@ -9,6 +9,7 @@ as `zoo train`, so what differs is only the recipe. Nothing here is used outside
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,10 +85,12 @@ def make_trainer(model, tokenizer, examples: list[dict], train, out_dir: Path, d
     return Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
 
 
-def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path, device: str,
+def train_reference(spec, base_path: str | Path, rows: list[dict], adapter_dir: Path, device: str,
                     callbacks=(), match_dtype: bool = False) -> dict:
-    """Train one adapter the textbook way; save it (PEFT format) in `out_dir`. Returns timing and config."""
+    """Train one adapter the textbook way and save it (flat PEFT folder) in `adapter_dir`; timing and config."""
     from transformers import set_seed
+
+    from zoo.train import save_adapter
 
     set_seed(spec.train.seed)
     dtype = reference_dtype(device, match_dtype)
@@ -95,17 +98,25 @@ def train_reference(spec, base_path: str | Path, rows: list[dict], out_dir: Path
     model, tokenizer = load_model(base_path, spec.lora, device, dtype)
     load_s = time.perf_counter() - t0
     examples = format_examples(spec, tokenizer, rows, spec.train.max_seq_len, spec.train.seed)
-    trainer = make_trainer(model, tokenizer, examples, spec.train, out_dir / "run", device, dtype)
-    for callback in callbacks:  # the bench's step timer
-        trainer.add_callback(callback)
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
-    model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-ref-") as run_dir:  # the Trainer's output_dir
+        trainer = make_trainer(model, tokenizer, examples, spec.train, Path(run_dir), device, dtype)
+        for callback in callbacks:  # the bench's step timer
+            trainer.add_callback(callback)
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+    save_adapter(model, "default", adapter_dir)
     log = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": seconds, "load_seconds": load_s, "examples": len(examples),
             "tokens": sum(len(e["input_ids"]) for e in examples), "final_loss": log[-1] if log else None,
-            "lora": {"r": spec.lora.r, "alpha": spec.lora.alpha, "dropout": spec.lora.dropout,
-                     "target_modules": spec.lora.module_names(), "layers": spec.lora.layers or "all",
-                     "use_dora": spec.lora.use_dora, "compute_dtype": str(dtype).replace("torch.", ""),
-                     "gradient_checkpointing": True, "loss_on": "all tokens", "batching": "padded"}}
+            "lora": reference_lora(spec.lora, dtype)}
+
+
+def reference_lora(lora, dtype) -> dict:
+    """The LoRA shape and recipe facts recorded with the reference's results and manifest entry."""
+    from zoo.bench.measure import dtype_name
+
+    return {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": lora.module_names(),
+            "layers": lora.layers or "all", "use_dora": lora.use_dora,
+            "compute_dtype": dtype_name(dtype), "gradient_checkpointing": True,
+            "loss_on": "all tokens", "batching": "padded"}

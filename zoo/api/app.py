@@ -1,0 +1,113 @@
+"""The HTTP routes of `zoo serve` (FastAPI): wiring only; `serving.py` turns requests into scheduler jobs, and every
+error leaves as OpenAI's error JSON with its status, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+
+from zoo.api import serving
+from zoo.api.config import ServeConfig
+from zoo.api.protocol import ApiError, ChatRequest, CompletionRequest, chat_choice, completion_choice
+from zoo.api.scheduler import Scheduler
+from zoo.api.security import BodyLimit, require_key
+from zoo.errors import printable
+
+log = logging.getLogger("zoo.serve")
+
+
+def create_app(scheduler: Scheduler, config: ServeConfig) -> FastAPI:
+    """The app; its lifespan starts the scheduler (which loads the model in the background: /health says when)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="Adapter Zoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    add_error_handlers(app, scheduler)
+    add_service_routes(app, scheduler)
+    app.include_router(v1_routes(scheduler, config))
+    return app
+
+
+def add_service_routes(app: FastAPI, scheduler: Scheduler) -> None:
+    @app.get("/health")
+    async def health():
+        if scheduler.ready:
+            return {"status": "ok", "adapters": scheduler.runtime.adapters}
+        return JSONResponse({"status": "failed" if scheduler.load_failed else "loading"}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def v1_routes(scheduler: Scheduler, config: ServeConfig) -> APIRouter:
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(config.api_key))])
+    started = int(time.time())
+
+    @v1.get("/models")
+    async def models():
+        return serving.model_list(scheduler, started)
+
+    @v1.post("/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        call = await serving.start(scheduler, config, body, "chat", body.user_text(),
+                                   body.max_completion_tokens or body.max_tokens, messages)
+        return await answer(call, body, "chat.completion", chat_choice, request)
+
+    @v1.post("/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        call = await serving.start(scheduler, config, body, "completions", body.text(), body.max_tokens)
+        return await answer(call, body, "text_completion", completion_choice, request)
+
+    async def answer(call: serving.Call, body, kind: str, choice, request: Request):
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(serving.stream_answer(scheduler, call, kind, choice, usage),
+                                     media_type="text/event-stream", headers=call.headers())
+        done = await serving.whole_answer(scheduler, call, kind, choice, request)
+        return JSONResponse(done.model_dump(exclude_none=True), headers=call.headers())
+
+    return v1
+
+
+def add_error_handlers(app: FastAPI, scheduler: Scheduler) -> None:
+    def reply(error: ApiError) -> JSONResponse:
+        scheduler.metrics.errors.labels(str(error.status)).inc()
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return reply(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return reply(ApiError(400, "the request body is not valid JSON"))
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        return reply(ApiError(422, printable(f"{where}: {first.get('msg', 'invalid value')}", 300)))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        code = "not_found" if e.status_code == 404 else None
+        return reply(ApiError(e.status_code, printable(str(e.detail), 300), code=code))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):
+        log.exception("zoo serve: internal error")
+        return reply(ApiError(500, "internal server error (see the server log)", type="server_error"))

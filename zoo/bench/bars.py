@@ -1,0 +1,41 @@
+"""The verdicts: the headline ratios at the top of a result, and one PASS/FAIL bar per claim."""
+
+from __future__ import annotations
+
+QUICK_LIMIT_S = 600  # `zoo bench --quick` promises a whole run in under 10 minutes
+RATIO_BARS = (  # (text, result key, passes)
+    ("batched eval >= 3x tokens/s of one at a time", "batched_eval_speedup", lambda v: v >= 3),
+    ("mixed batch >= 0.8x single-adapter throughput", "mixed_batch_ratio", lambda v: v >= 0.8),
+    ("10 adapters add < 15% RSS over 1", "rss_10_over_1", lambda v: v < 1.15),
+)
+
+
+def headline(result: dict) -> dict:
+    """The four ratios the bars are about, at the top level of the result."""
+    inf, mem = result.get("inference", {}), result.get("memory", {})
+    return {"train_speedup": {t: r["speedup"] for t, r in result.get("train", {}).items()},
+            "batched_eval_speedup": inf.get("batched_eval_speedup"),
+            "mixed_batch_ratio": inf.get("mixed_batch_ratio"), "rss_10_over_1": mem.get("rss_10_over_1")}
+
+
+def train_bar(task: str, t: dict) -> dict:
+    """Ours must train at least twice as fast as the reference and reach at least its metric."""
+    ours, ref = t["ours"].get("metric"), t["reference"].get("metric")
+    scores = f", {ours['value']:.3g} vs {ref['value']:.3g}" if ours and ref else ", not scored"
+    return {"bar": f"train {task}: >= 2x reference examples/s, {(ours or {}).get('name', 'metric')} >= reference",
+            "value": f"{t['speedup']}x{scores}",
+            "pass": t["speedup"] >= 2 and bool(ours and ref) and ours["value"] >= ref["value"]}
+
+
+def bars(result: dict) -> list[dict]:
+    """PASS/FAIL per bar; a bar whose section did not run is left out, a section that failed is a FAIL."""
+    out = [train_bar(task, t) for task, t in result.get("train", {}).items()]
+    for text, key, passes in RATIO_BARS:
+        if result.get(key) is not None:
+            out.append({"bar": text, "value": f"{result[key]}x", "pass": bool(passes(result[key]))})
+    for name, error in result.get("errors", {}).items():
+        out.append({"bar": f"section {name} ran", "value": error, "pass": False})
+    if result["mode"] == "quick":
+        out.append({"bar": "--quick < 10 minutes", "value": f"{result['seconds']:.0f} s",
+                    "pass": result["seconds"] < QUICK_LIMIT_S})
+    return out

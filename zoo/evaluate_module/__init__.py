@@ -1,0 +1,1 @@
+"""Adapter Zoo's task metrics as a local `evaluate` module (`zoo_metrics.py`); see `zoo.metrics`."""
