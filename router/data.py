@@ -18,6 +18,7 @@ from zoo.data import data_dir_from_env, load_rows, read_jsonl
 from zoo.errors import ZooError
 
 AUGMENT = ("bare", "swap", "flip", "vary")
+OTHER_JOBS_PER_INPUT = 2.0  # task-looking inputs put to other jobs (route `none`), per fit row
 
 
 def task_prompts(spec, rows: list[dict]) -> list[str]:
@@ -89,7 +90,8 @@ def training_set(specs: list, data_dir=None, rows_per_task: int = 300, seed: int
         labels += [spec.name] * len(p)
     oos = [p for i, p in enumerate(oos_prompts("train")) if i % 5 != 4]
     if "vary" in augment:
-        oos += phrasings.other_job_prompts(_inputs(specs, rows), len(specs) * len(rows[specs[0].name]), seed)
+        inputs = _inputs(specs, rows)
+        oos += phrasings.other_job_prompts(inputs, int(OTHER_JOBS_PER_INPUT * len(inputs)), seed)
     return prompts + oos, labels + [NONE] * len(oos)
 
 

@@ -22,6 +22,7 @@ SPEC = register(TaskSpec(
     max_new_tokens=24,
     lora=LoraSettings(r=16, alpha=32),
     train=TrainSettings(learning_rate=5e-4, batch_size=8, max_examples=240),
+    # out of domain: COVID-19 papers (COVID-QA), SQuAD's columns; its answers are often whole clauses
     ood={"dataset": "covid_qa", "split": "test"},
     license="cc-by-sa-4.0",
 ))

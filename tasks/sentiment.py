@@ -26,6 +26,7 @@ SPEC = register(TaskSpec(
     lora=LoraSettings(r=16, alpha=32, layers=20),
     # ~60-token examples: rows of 128 tokens (two examples) spend less on masked-out attention than rows of 512
     train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=800, row_tokens=128),
+    # out of domain: product, movie and restaurant review sentences (UCI: Amazon, IMDb, Yelp), same columns
     ood={"dataset": "uci_sentiment", "split": "test"},
     license="unknown (SST, Socher et al. 2013)",
 ))

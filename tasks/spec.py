@@ -97,7 +97,9 @@ class TaskSpec:
     max_new_tokens: int = 32
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
-    ood: dict | None = field(default=None, metadata={"help": "out-of-domain data for the router report"})
+    ood: dict | None = field(default=None, metadata={
+        "help": "out-of-domain set, scored next to the eval split by `zoo eval` and used by the router report: "
+                "a mapping with the keys of OOD_KEYS"})
     license: str | None = None
 
     def __post_init__(self):
@@ -112,6 +114,8 @@ class TaskSpec:
             _check_template(self.name, t, self.input_columns)
         if self.metric == "accuracy" and not self.labels:
             raise ZooError(f"task {self.name}: metric 'accuracy' needs 'labels'")
+        if self.ood is not None:
+            check_ood(f"task {self.name}: ood", self.ood, self.columns)
 
     # row -> text -----------------------------------------------------------
     @property
@@ -166,12 +170,39 @@ class TaskSpec:
         for key in ("name", "description", "dataset", "target_column", "metric"):
             if key in values and not isinstance(values[key], str):
                 raise ZooError(f"{where}: {key!r} must be a string")
-        if values.get("ood") is not None and not isinstance(values["ood"], dict):
-            raise ZooError(f"{where}: 'ood' must be a mapping")
         try:
             return cls(**values)
         except TypeError as e:  # a required key is missing
             raise ZooError(f"{where}: {e}") from None
+
+
+OOD_KEYS = {
+    "dataset": "folder under the data folder (ZOO_DATA_DIR / --data-dir), a local folder or a Hub dataset id",
+    "split": "the split to score (default 'test')",
+    "config": "Hub dataset config, if any",
+    "columns": "{task column: the set's column} where the names differ (SciTLDR's 'source' is the 'dialogue')",
+    "join": "task columns whose value is a list of strings (SciTLDR's sentences), joined with spaces",
+}
+
+
+def check_ood(where: str, ood: Any, columns: tuple[str, ...]) -> None:
+    """An out-of-domain set is plain data: known keys, names as strings, only the task's columns renamed."""
+    if not isinstance(ood, dict):
+        raise ZooError(f"{where} must be a mapping with the keys {', '.join(OOD_KEYS)}")
+    check_keys(where, ood, set(OOD_KEYS))
+    for key in ("dataset", "split", "config"):
+        value = ood.get(key, "" if key == "dataset" else None)  # a dataset is required, the rest optional
+        if value is not None and not (isinstance(value, str) and value):
+            raise ZooError(f"{where}: {key!r} must be a non-empty string ({OOD_KEYS[key]})")
+    renamed = ood.get("columns") or {}
+    joined = ood.get("join") or []
+    if not isinstance(renamed, dict) or not all(isinstance(v, str) for v in renamed.values()):
+        raise ZooError(f"{where}: 'columns' must map task columns to the set's column names")
+    if not isinstance(joined, (list, tuple)):
+        raise ZooError(f"{where}: 'join' must be a list of task columns")
+    unknown = [c for c in [*renamed, *joined] if c not in columns]
+    if unknown:
+        raise ZooError(f"{where}: {unknown} are not task columns; use {', '.join(columns)}")
 
 
 def settings_from_dict(cls, values: Any, start=None, where: str = "settings"):

@@ -22,6 +22,8 @@ SPEC = register(TaskSpec(
     max_new_tokens=48,
     lora=LoraSettings(r=16, alpha=32),
     train=TrainSettings(learning_rate=5e-4, batch_size=8, max_examples=200),
-    ood={"dataset": "scitldr", "split": "test", "columns": {"dialogue": "source"}},
+    # SciTLDR: an abstract as a list of sentences, 1-4 one-sentence TL;DRs (all of them references)
+    ood={"dataset": "scitldr", "split": "test", "columns": {"dialogue": "source", "summary": "target"},
+         "join": ["dialogue"]},
     license="cc-by-nc-sa-4.0",
 ))

@@ -398,7 +398,7 @@ def test_embedded_base_round_trip_needs_no_base_flag(tiny_zoo, tmp_path, no_toke
     """An adapter on the embedded base is published with `base_model: HuggingFaceTB/SmolLM2-135M-Instruct` and
     pulls back without --base: `smollm2-135m` resolves locally and its fingerprint is checked."""
     src = Zoo(tmp_path / "src")
-    shutil.copytree(tiny_zoo.adapter_dir("sent"), src.adapter_dir("sent"))
+    make_adapter(src, embedded_base_dir, "sent", "sentiment", seed=0)  # shaped for the real base: pull checks
     src.put(tiny_zoo.get("sent").with_(base=BaseInfo("smollm2-135m", resolve_base().hash, True)))
     out = tmp_path / "out"
     assert push(src, "sent", "--repo", "alice/sent", "--dry-run", "--out", str(out)) == 0

@@ -167,3 +167,22 @@ def test_score_goes_through_the_evaluate_module(monkeypatch):
 def test_undecodable_text_is_scored_not_crashed():
     # a lone surrogate (undecodable bytes from stdin) cannot go into Arrow: it becomes U+FFFD
     assert score("squad", ["caf\udce9"], [["café"]])["exact_match"] == 0.0
+
+
+@pytest.mark.parametrize("metric, predictions, references", [
+    ("accuracy", ["Positive.", "negative", "no idea", "positive", "", "NEGATIVE!"] * 5,
+     ["positive", "negative", "negative", "negative", "positive", "negative"] * 5),
+    ("accuracy", ["positive"] * 4, ["positive", "positive", "negative", "positive"]),  # a label never guessed
+    ("squad", ['"Paris."', "the Eiffel tower", "", "blue"], [["Paris"], ["Eiffel Tower", "tower"], ["x"], ["red"]]),
+    ("rouge", ["the cat sat", "", "a dog"], [["the cat sat down"], ["x"], ["a dog barks", "dogs"]]),
+])
+def test_per_example_scores_give_back_every_number_of_score(metric, predictions, references):
+    """What the bootstrap resamples: column means of `example_scores` give `score`'s numbers, macro-F1 included."""
+    from zoo.metrics import example_scores, from_means
+
+    per_example = example_scores(metric, predictions, references, labels=LABELS)
+    expected = score(metric, predictions, references, labels=LABELS)
+    assert set(per_example) == set(expected)
+    for key, rows in per_example.items():
+        assert rows.shape[0] == len(predictions)
+        assert float(from_means(key, rows.mean(axis=0))) == pytest.approx(expected[key], abs=1e-9)

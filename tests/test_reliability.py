@@ -15,9 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import entry, make_adapter, memory_levels
-from zoo.base import load_base
 from zoo.cli import COMMANDS, main
-from zoo.errors import ZooError
 from zoo.serving.runtime import Runtime
 from zoo.store import Zoo
 
@@ -123,37 +121,6 @@ def test_damaged_zoo_is_reported_and_healthy_adapters_still_serve(small_zoo, tin
     rt.close()
 
 
-def test_pickle_adapter_files_are_refused(small_zoo, tiny_base_dir):
-    """An adapter shipped as pickle (.bin) is reported and never loaded."""
-    d = small_zoo.adapter_dir("qa")
-    (d / "adapter_model.safetensors").rename(d / "adapter_model.bin")
-    problems = [p.what for p in small_zoo.problems() if p.name == "qa"]
-    assert any("pickle" in p for p in problems)
-    rt = Runtime(small_zoo, base=str(tiny_base_dir), quant=False)
-    with pytest.raises(ZooError, match="damaged"):
-        rt.load_adapter("qa")
-    rt.close()
-
-
-def test_remote_code_in_a_base_folder_never_runs(tiny_base_dir, tmp_path):
-    """A base whose config asks for custom code: the code is not executed."""
-    import shutil
-
-    base = tmp_path / "evil-base"
-    shutil.copytree(tiny_base_dir, base)
-    marker = tmp_path / "pwned"
-    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
-                                  "from transformers import LlamaForCausalLM as EvilModel\n")
-    cfg = json.loads((base / "config.json").read_text())
-    cfg["auto_map"] = {"AutoModelForCausalLM": "evil.EvilModel"}
-    (base / "config.json").write_text(json.dumps(cfg))
-    try:
-        load_base(str(base), quant=False)
-    except Exception:
-        pass
-    assert not marker.exists()
-
-
 def test_fifty_concurrent_requests(small_zoo, tiny_base_dir):
     """50 threads hit the shared runtime at once, three times: every answer equals the sequential one, and
     nothing outlives its request (live tensors and objects stay level; RSS within glibc's arena noise)."""
@@ -229,32 +196,6 @@ def test_every_command_module_is_importable_and_configured():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) == set(COMMANDS)
-
-
-def test_hub_token_never_lands_in_output_or_files(small_zoo, tmp_path, monkeypatch, capsys):
-    """The Hub token (HF_TOKEN) never appears in logs, model cards, reports or the manifest."""
-    secret = "hf_SENTINELtoken1234567890abcdef"
-    monkeypatch.setenv("HF_TOKEN", secret)
-    out_dir = tmp_path / "push"
-    calls = [["push", "--all", "--repo", "someone/zoo", "--dry-run", "--out", str(out_dir)],
-             ["list", "--json"], ["doctor"], ["push", "nope", "--repo", "someone/zoo", "--dry-run"]]
-    for argv in calls:
-        main(argv + ["--zoo", str(small_zoo.root)])
-    captured = capsys.readouterr()
-    assert secret not in captured.out + captured.err
-    assert any(out_dir.rglob("README.md"))
-    for root in (small_zoo.root, out_dir):
-        for f in root.rglob("*"):
-            if f.is_file():
-                assert secret.encode() not in f.read_bytes(), f
-
-
-def test_demo_listens_on_localhost_by_default():
-    """The demo binds 127.0.0.1 unless --host says otherwise."""
-    from zoo.cli import build_parser
-
-    args = build_parser("demo").parse_args(["demo"])
-    assert args.host == "127.0.0.1" and not args.share
 
 
 @pytest.mark.parametrize("argv", [

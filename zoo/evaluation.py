@@ -1,4 +1,5 @@
-"""Adapter vs base on a task's validation split: a fixed, seeded sample, batched greedy generation."""
+"""Adapter vs base on a task's validation split and its out-of-domain set: fixed, seeded samples, batched greedy
+generation, every score with a 95% bootstrap interval (`zoo.bootstrap`; paired for the change)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,37 @@ def score_outputs(spec, outputs: list[str], rows: list[dict]) -> dict:
     return score(spec.metric, outputs, [spec.references(r) for r in rows], labels=spec.labels)
 
 
-def base_scores(runtime: Runtime, spec, rows, key: tuple, batch_size: int = 16) -> tuple[dict, list[str], float]:
-    """The base's scores on a sample; cached, since every adapter of a task is compared with the same ones."""
-    key = (runtime.loaded.ref.hash, spec.name, *key)
+def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int = 16) -> dict:
+    """One system's answers on a sample: outputs, time, scores and the per-example scores behind the intervals."""
+    from zoo.metrics import example_scores
+
+    outputs, seconds = run_outputs(runtime, spec, rows, adapter, batch_size)
+    references = [spec.references(r) for r in rows]
+    return {"outputs": outputs, "seconds": seconds, "scores": score_outputs(spec, outputs, rows),
+            "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}
+
+
+def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int = 16) -> dict:
+    """The base's run on a sample; cached, since every adapter of a task is compared with the same one. The key
+    holds what changes the base's answers: base, task, sample (data set, split, seed), n, prompt template and
+    lengths."""
+    key = (runtime.loaded.ref.hash, spec.name, *sample, len(rows), spec.templates[0], spec.max_new_tokens,
+           spec.train.max_seq_len)
     if key not in _BASE_CACHE:
-        outputs, seconds = run_outputs(runtime, spec, rows, NONE, batch_size)
-        _BASE_CACHE[key] = {"scores": score_outputs(spec, outputs, rows), "outputs": outputs, "seconds": seconds}
-    hit = _BASE_CACHE[key]
-    return hit["scores"], hit["outputs"], hit["seconds"]
+        _BASE_CACHE[key] = scored_run(runtime, spec, rows, NONE, batch_size)
+    return _BASE_CACHE[key]
+
+
+def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], seed: int, batch_size: int = 16):
+    """Base vs adapter on the rows drawn with `seed` from `source` (data set, split): (scores with their 95%
+    intervals, paired for the change; base run; adapter run). The resamples are seeded with the same seed."""
+    from zoo.bootstrap import paired_intervals
+
+    base = base_run(runtime, spec, rows, (*source, seed), batch_size)
+    adapter = scored_run(runtime, spec, rows, name, batch_size)
+    scores = {"n": len(rows), "base": base["scores"], "adapter": adapter["scores"],
+              "intervals": paired_intervals(base["examples"], adapter["examples"], seed=seed)}
+    return scores, base, adapter
 
 
 def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, data_dir=None,
@@ -55,24 +79,52 @@ def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFA
     return score_outputs(spec, outputs, rows)
 
 
+def adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
+                    batch_size: int = 16) -> dict:
+    """One adapter's scores on one task with their 95% intervals ({"scores", "intervals"}; `zoo eval --tasks`)."""
+    from zoo.bootstrap import intervals
+
+    rows = eval_rows(spec, n, data_dir, seed)
+    run = scored_run(runtime, spec, rows, adapter, batch_size)
+    return {"scores": run["scores"], "intervals": intervals(run["examples"], seed=seed)}
+
+
 def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
              batch_size: int = 16) -> dict:
-    """Base vs adapter `name` on `spec`: metrics, timings and a few side-by-side examples."""
+    """Base vs adapter `name` on `spec`'s eval split and on its out-of-domain set: metrics with 95% bootstrap
+    intervals, timings and a few side-by-side examples."""
     rows = eval_rows(spec, n, data_dir, seed)
-    base, base_out, base_s = base_scores(runtime, spec, rows, (len(rows), seed, spec.eval_split), batch_size)
-    outputs, seconds = run_outputs(runtime, spec, rows, name, batch_size)
+    scores, base, adapter = compare(runtime, name, spec, rows, (spec.dataset, spec.eval_split), seed, batch_size)
     examples = [
         {"prompt": spec.prompt(r, 0), "reference": spec.references(r)[0], "base": b, "adapter": a}
-        for r, b, a in list(zip(rows, base_out, outputs))[:EXAMPLES_IN_REPORT]
+        for r, b, a in list(zip(rows, base["outputs"], adapter["outputs"]))[:EXAMPLES_IN_REPORT]
     ]
     return {
-        "task": spec.name, "name": name, "n": len(rows), "split": spec.eval_split, "seed": seed,
-        "metric": spec.primary_metric, "base": base, "adapter": score_outputs(spec, outputs, rows),
-        "seconds": {"base": round(base_s, 1), "adapter": round(seconds, 1)}, "examples": examples,
+        "task": spec.name, "name": name, "split": spec.eval_split, "seed": seed, "metric": spec.primary_metric,
+        **scores, "ood": evaluate_ood(runtime, name, spec, n, data_dir, seed, batch_size),
+        "seconds": {"base": round(base["seconds"], 1), "adapter": round(adapter["seconds"], 1)},
+        "examples": examples,
     }
+
+
+def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed: int = 0,
+                 batch_size: int = 16) -> dict | None:
+    """Base vs adapter on the task's out-of-domain set (`spec.ood`), through the same loader as the eval split;
+    {"skipped": why} when its data is not here, None when the task names none."""
+    from zoo.data import DataMissing, load_ood_rows, ood_split
+
+    if not spec.ood:
+        return None
+    where = {"dataset": spec.ood["dataset"], "split": ood_split(spec)}
+    try:
+        rows = load_ood_rows(spec, data_dir, limit=n, seed=seed)
+    except DataMissing as e:
+        return {**where, "skipped": str(e)}
+    scores, _, _ = compare(runtime, name, spec, rows, (where["dataset"], where["split"]), seed, batch_size)
+    return {**where, **scores}
 
 
 def summary(result: dict) -> dict:
     """The part of a result that goes into the manifest and `zoo eval --json`."""
-    keys = ("task", "name", "n", "split", "seed", "metric", "base", "adapter")
+    keys = ("task", "name", "n", "split", "seed", "metric", "base", "adapter", "intervals", "ood")
     return {k: result[k] for k in keys if k in result}

@@ -8,7 +8,8 @@ LCS for rougeL), classification uses scikit-learn's F1. Scales: accuracy and mac
 0-100 points, as the reports expect.
 
 Every scorer takes raw generated texts (predictions) and raises ZooError on an empty or mismatched batch,
-since a score over nothing would look like a real 0.
+since a score over nothing would look like a real 0. `example_scores` gives the same numbers per example, for
+the bootstrap intervals of `zoo.bootstrap`.
 """
 
 from __future__ import annotations
@@ -91,16 +92,20 @@ def _reference_label(reference: str | Sequence[str], labels: tuple[str, ...]) ->
     raise ZooError(f"reference {value!r} is not one of the labels {list(labels)}; fix the task's labels")
 
 
-def classification_scores(predictions: list[str], references: list, labels) -> dict:
-    """Accuracy and macro-F1 (both 0-1); a prediction that names no label counts as wrong."""
-    from sklearn.metrics import f1_score  # lazy: sklearn is slow to import
-
+def _gold_and_guessed(predictions: list[str], references: list, labels) -> tuple[list[str], list[str]]:
     labels = tuple(labels or ())
     if not labels:
         raise ZooError("the accuracy metric needs the task's labels; set `labels` in the task")
     _check_batch(predictions, references)
     gold = [_reference_label(r, labels) for r in references]
-    guessed = [parse_label(p, labels) or "" for p in predictions]  # "" is no label: never correct
+    return gold, [parse_label(p, labels) or "" for p in predictions]  # "" is no label: never correct
+
+
+def classification_scores(predictions: list[str], references: list, labels) -> dict:
+    """Accuracy and macro-F1 (both 0-1); a prediction that names no label counts as wrong."""
+    from sklearn.metrics import f1_score  # lazy: sklearn is slow to import
+
+    gold, guessed = _gold_and_guessed(predictions, references, labels)
     accuracy = sum(g == p for g, p in zip(gold, guessed)) / len(gold)
     macro = f1_score(gold, guessed, labels=list(labels), average="macro", zero_division=0)
     return {"accuracy": float(accuracy), "macro_f1": float(macro)}
@@ -133,16 +138,22 @@ def squad_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """Exact match and F1 (0-100), each the best over an example's references, averaged over examples."""
+def squad_examples(predictions: list[str], references: list[list[str]]) -> tuple[list[float], list[float]]:
+    """Each example's exact match and F1 (0-1), the best over its references."""
     _check_batch(predictions, references)
-    em = f1 = 0.0
+    em, f1 = [], []
     for raw, refs in zip(predictions, references):
         pred = clean_span(raw)
         refs = [refs] if isinstance(refs, str) else list(refs)
-        em += max((float(normalize_answer(pred) == normalize_answer(r)) for r in refs), default=0.0)
-        f1 += max((squad_f1(pred, r) for r in refs), default=0.0)
-    return {"exact_match": 100 * em / len(predictions), "f1": 100 * f1 / len(predictions)}
+        em.append(max((float(normalize_answer(pred) == normalize_answer(r)) for r in refs), default=0.0))
+        f1.append(max((squad_f1(pred, r) for r in refs), default=0.0))
+    return em, f1
+
+
+def squad_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """Exact match and F1 (0-100), each the best over an example's references, averaged over examples."""
+    em, f1 = squad_examples(predictions, references)
+    return {"exact_match": 100 * sum(em) / len(predictions), "f1": 100 * sum(f1) / len(predictions)}
 
 
 # ---- ROUGE ----
@@ -157,14 +168,21 @@ def _rouge_scorer():
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
 
 
-def rouge_scores(predictions: list[str], references: list[list[str]]) -> dict:
-    """ROUGE-1/2/L F-measures (0-100), best reference per example (`score_multi`), mean over examples."""
+def rouge_examples(predictions: list[str], references: list[list[str]]) -> dict[str, list[float]]:
+    """Each example's ROUGE-1/2/L F-measures (0-1), best reference per example (`score_multi`)."""
     _check_batch(predictions, references)
-    totals = Counter()
+    out: dict[str, list[float]] = {key: [] for key in ROUGE_TYPES}
     for pred, refs in zip(predictions, references):
         best = _rouge_scorer().score_multi([refs] if isinstance(refs, str) else list(refs), pred or "")
-        totals.update({key: best[key].fmeasure for key in ROUGE_TYPES})
-    return {key: 100 * totals[key] / len(predictions) for key in ROUGE_TYPES}
+        for key in ROUGE_TYPES:
+            out[key].append(best[key].fmeasure)
+    return out
+
+
+def rouge_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """ROUGE-1/2/L F-measures (0-100), best reference per example (`score_multi`), mean over examples."""
+    per_example = rouge_examples(predictions, references)
+    return {key: 100 * sum(values) / len(predictions) for key, values in per_example.items()}
 
 
 # ---- dispatch ----
@@ -197,13 +215,54 @@ def _text(value) -> str:
     return str(value).encode("utf-8", "replace").decode("utf-8")
 
 
-def score(metric: str, predictions, references, labels=None) -> dict:
-    """Score raw generations with the task's metric ("accuracy" | "squad" | "rouge") through `evaluate`."""
+def _plain_batch(metric: str, predictions, references) -> tuple[list[str], list[list[str]]]:
+    """Texts as `evaluate` stores them, one list of references per example, checked before any scoring."""
     if metric not in METRICS:
         raise ZooError(f"unknown metric {metric!r}; use one of {sorted(METRICS)}")
     predictions = [_text(p) for p in predictions]
     references = [[_text(r)] if isinstance(r, str) else [_text(x) for x in r] for r in references]
     _check_batch(predictions, references)  # before evaluate, whose own errors are less clear
+    return predictions, references
+
+
+def score(metric: str, predictions, references, labels=None) -> dict:
+    """Score raw generations with the task's metric ("accuracy" | "squad" | "rouge") through `evaluate`."""
+    predictions, references = _plain_batch(metric, predictions, references)
     extra = {"labels": list(labels)} if metric == "accuracy" and labels else {}
     with _MODULE_LOCK:
         return evaluation_module(metric).compute(predictions=predictions, references=references, **extra)
+
+
+# ---- per example, for bootstrap intervals ----
+
+def example_scores(metric: str, predictions, references, labels=None) -> dict:
+    """What each of the metric's numbers is computed from, one row per example (numpy, shape (n, k)); the number
+    is `from_means(key, column means)`: the mean itself for accuracy, EM, F1 and ROUGE (on the metric's scale),
+    macro-F1 from each label's true-positive, false-positive and false-negative rates. A bootstrap resamples rows."""
+    import numpy as np
+
+    predictions, references = _plain_batch(metric, predictions, references)
+    if metric == "accuracy":
+        gold, guessed = _gold_and_guessed(predictions, references, labels)
+        parts = {"accuracy": [g == p for g, p in zip(gold, guessed)],
+                 "macro_f1": [[(g == lab) & (p == lab), (p == lab) & (g != lab), (g == lab) & (p != lab)]
+                              for g, p in zip(gold, guessed) for lab in labels]}
+    elif metric == "squad":
+        parts = dict(zip(("exact_match", "f1"), squad_examples(predictions, references)))
+    else:
+        parts = rouge_examples(predictions, references)
+    unit = METRICS[metric].scale if metric != "accuracy" else 1.0
+    return {key: unit * np.asarray(v, dtype=float).reshape(len(predictions), -1) for key, v in parts.items()}
+
+
+def from_means(key: str, means):
+    """A number from the column means of its `example_scores` (the last axis; any leading axes are resamples)."""
+    import numpy as np
+
+    if key != "macro_f1":
+        return means[..., 0]
+    per_label = means.reshape(*means.shape[:-1], -1, 3)
+    tp, fp, fn = per_label[..., 0], per_label[..., 1], per_label[..., 2]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(denom), where=denom > 0)  # no gold, no guess: 0, as sklearn
+    return f1.mean(axis=-1)

@@ -1,8 +1,8 @@
 """Evaluation reports: Markdown for people, JSON for scripts, a PNG people would rather look at.
 
-One adapter against the base on its task (`write_task_report`, `zoo eval`), and blends against their parents'
-own adapters on every parent task (`write_combination_report`, `zoo combine --search` / `--report`). Numbers are
-shown as `zoo.metrics.METRICS` says.
+One adapter against the base on its task, in domain and out of domain, each number with its 95% bootstrap interval
+(`write_task_report`, `zoo eval`), and blends against their parents' own adapters on every parent task
+(`write_combination_report`, `zoo combine --search` / `--report`). Numbers are shown as `zoo.metrics.METRICS` says.
 """
 
 from __future__ import annotations
@@ -46,20 +46,83 @@ def points(key: str) -> float:
     return 100.0 / metric.scale if metric else 1.0
 
 
+# ---- one adapter vs the base, in domain and out of domain, with 95% intervals -------------------------------
+def fmt_interval(key: str, value: float, bounds=None, sign: bool = False) -> str:
+    """`0.870 [0.82, 0.91]`: the score as its metric shows it, its interval one digit coarser for 0-1 numbers."""
+    text = ("+" if sign and value >= 0 else "") + fmt(key, value)
+    if bounds is None:
+        return text
+    digits = 2 if points(key) == 100.0 else 1
+    return f"{text} [{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
+
+def bounds_of(block: dict, side: str, key: str) -> tuple[float, float] | None:
+    """A block's interval for `side` ("base", "adapter", "change") and `key`, if it holds two numbers (a
+    manifest from before intervals, or a pulled one, may not)."""
+    pair = block
+    for part in ("intervals", side, key):
+        pair = pair.get(part) if isinstance(pair, dict) else None
+    ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(_is_number(x) for x in pair)
+    return (float(pair[0]), float(pair[1])) if ok else None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def scored_ood(result: dict) -> dict | None:
+    """The out-of-domain block when it was scored (not skipped, not absent)."""
+    ood = result.get("ood")
+    return ood if isinstance(ood, dict) and isinstance(ood.get("adapter"), dict) else None
+
+
+def score_table(result: dict) -> list[str]:
+    """Markdown rows, one per metric: base, adapter and change on the in-domain sample, then the same on the
+    out-of-domain one when it was scored; each with its 95% interval when the result has one."""
+    blocks = [("", result)] + ([("OOD ", scored_ood(result))] if scored_ood(result) else [])
+    head = ["metric", *(f"{prefix}{col}" for prefix, _ in blocks for col in ("base", "adapter", "change"))]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in result["adapter"]:
+        lines.append("| " + " | ".join([key, *(c for _, block in blocks for c in _cells(block, key))]) + " |")
+    return lines
+
+
+def _cells(block: dict, key: str) -> list[str]:
+    base, adapter = block.get("base", {}).get(key), block.get("adapter", {}).get(key)
+    if not _is_number(adapter):
+        return ["-", "-", "-"]
+    if not _is_number(base):
+        return ["-", fmt_interval(key, adapter, bounds_of(block, "adapter", key)), "-"]
+    return [fmt_interval(key, base, bounds_of(block, "base", key)),
+            fmt_interval(key, adapter, bounds_of(block, "adapter", key)),
+            fmt_interval(key, adapter - base, bounds_of(block, "change", key), sign=True)]
+
+
+def data_lines(result: dict) -> list[str]:
+    """What was scored, in words: the in-domain sample, the out-of-domain one (or why not), what brackets mean."""
+    seed = f" (seed {result['seed']})" if "seed" in result else ""
+    lines = [f"- In domain: {result['n']} examples from the `{result['split']}` split{seed}."]
+    ood = result.get("ood")
+    if scored_ood(result):
+        lines.append(f"- Out of domain (the OOD columns): {ood.get('n', '?')} examples from `{ood.get('dataset')}`, "
+                     f"`{ood.get('split')}` split, the same prompt template.")
+    elif isinstance(ood, dict) and ood.get("skipped"):
+        lines.append(f"- Out of domain: `{ood.get('dataset')}` not scored: {ood['skipped']}")
+    if bounds_of(result, "change", result["metric"]):
+        resamples = result["intervals"].get("resamples", "?")
+        lines.append(f"- In brackets: 95% bootstrap intervals ({resamples} resamples of the examples); the change's "
+                     "is paired (the same resamples for both), and one that contains 0 means the difference may "
+                     "be noise.")
+    return lines
+
+
 def task_markdown(result: dict, png_name: str) -> str:
-    base, adapter = result["base"], result["adapter"]
-    lines = [
-        f"# {result['name']} — adapter vs base on `{result['task']}`", "",
-        f"{result['n']} examples from the `{result['split']}` split (seed {result['seed']}), greedy decoding. "
-        f"Main metric: **{result['metric']}**.", "",
-        "| metric | base | adapter | change |", "|---|---|---|---|",
-    ]
-    for m in adapter:
-        delta = adapter[m] - base.get(m, 0.0)
-        lines.append(f"| {m} | {fmt(m, base.get(m, 0.0))} | {fmt(m, adapter[m])} | {delta:+.3g} |")
+    lines = [f"# {result['name']} — adapter vs base on `{result['task']}`", "",
+             *data_lines(result), "", f"Greedy decoding. Main metric: **{result['metric']}**.", "",
+             *score_table(result)]
     secs = result.get("seconds", {})
     if secs:
-        lines += ["", f"Generation time: base {secs.get('base')} s, adapter {secs.get('adapter')} s."]
+        lines += ["", f"Generation time (in domain): base {secs.get('base')} s, adapter {secs.get('adapter')} s."]
     lines += ["", f"![base vs adapter]({png_name})", "", "## Examples", ""]
     for i, ex in enumerate(result.get("examples", []), 1):
         prompt = ex["prompt"] if len(ex["prompt"]) < 600 else ex["prompt"][:400] + " [...] " + ex["prompt"][-150:]
@@ -75,32 +138,47 @@ def _cell(text: str) -> str:
 
 
 def plot_task(path: Path, result: dict, loss_log: list[dict] | None) -> None:
+    """Bars of base vs adapter (0-100, with 95% intervals as error bars) in domain and out of domain, and the
+    training loss when there is a log."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = list(result["adapter"])
-    ncols = 2 if loss_log else 1
+    blocks = [("in domain", result)] + ([(f"out of domain: {scored_ood(result)['dataset']}", scored_ood(result))]
+                                        if scored_ood(result) else [])
+    ncols = len(blocks) + (1 if loss_log else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 3.6), squeeze=False)
-    ax = axes[0][0]
-    xs = range(len(metrics))
-    norm = [points(m) for m in metrics]  # plot everything on 0-100
-    ax.bar([x - 0.2 for x in xs], [result["base"].get(m, 0) * s for m, s in zip(metrics, norm)], 0.4,
-           label="base", color="#9aa5b1")
-    ax.bar([x + 0.2 for x in xs], [result["adapter"][m] * s for m, s in zip(metrics, norm)], 0.4,
-           label="adapter", color="#2f7ed8")
-    ax.set_xticks(list(xs), metrics)
-    ax.set_ylabel("score (0-100)")
-    ax.set_title(f"{result['name']}: base vs adapter (n={result['n']})")
-    ax.legend()
+    for ax, (label, block) in zip(axes[0], blocks):
+        _bars(ax, block, list(result["adapter"]))
+        ax.set_title(f"{result['name']}, {label} (n={block['n']})")
     if loss_log:
-        ax2 = axes[0][1]
+        ax2 = axes[0][-1]
         ax2.plot([h["step"] for h in loss_log], [h["loss"] for h in loss_log], color="#d9534f")
         ax2.set_xlabel("step")
         ax2.set_ylabel("training loss (answer tokens)")
         ax2.set_title("training loss")
     save_figure(fig, path)
+
+
+def _bars(ax, block: dict, metrics: list[str]) -> None:
+    """Base and adapter bars per metric on 0-100, each with its 95% interval when the block has one."""
+    xs = range(len(metrics))
+    for offset, side, color in ((-0.2, "base", "#9aa5b1"), (0.2, "adapter", "#2f7ed8")):
+        values = [block[side].get(m, 0) * points(m) for m in metrics]
+        errors = [_error_bar(bounds_of(block, side, m), v, points(m)) for m, v in zip(metrics, values)]
+        ax.bar([x + offset for x in xs], values, 0.4, label=side, color=color, yerr=list(zip(*errors)), capsize=3)
+    ax.set_xticks(list(xs), metrics)
+    ax.set_ylim(0, 100)  # the same scale in and out of domain
+    ax.set_ylabel("score (0-100; whiskers: 95% interval)")
+    ax.legend()
+
+
+def _error_bar(bounds, value: float, scale: float) -> tuple[float, float]:
+    """(below, above) the bar; none without an interval (a percentile interval may even miss the value)."""
+    if bounds is None:
+        return 0.0, 0.0
+    return max(0.0, value - bounds[0] * scale), max(0.0, bounds[1] * scale - value)
 
 
 def save_figure(fig, path: Path, dpi: int = 110) -> None:

@@ -192,7 +192,22 @@ def adapter_problems(name: str, path: Path, dims: dict | None = None) -> list[Pr
     if err:
         out.append(Problem(name, f"adapter_model.safetensors {err}", retrain))
     wrong = config_problems(cfg) or tensor_problems(cfg, header or {}, dims)
-    return out + [Problem(name, what, retrain) for what in wrong[:3]]
+    return out + [Problem(name, what, retrain) for what in wrong[:3]] + spec_problems(name, path, retrain)
+
+
+def spec_problems(name: str, path: Path, fix: str) -> list[Problem]:
+    """A saved task spec (`task.json`) that does not parse, e.g. a template with a format spec, is that adapter's
+    problem: its task could not be read back for eval, routing or answer lengths."""
+    from tasks import SPEC_FILE, TaskSpec
+
+    spec = path / SPEC_FILE
+    if not spec.is_file() or spec.is_symlink():
+        return []
+    try:
+        TaskSpec.from_json(json.loads(spec.read_text(encoding="utf-8")), where=SPEC_FILE)
+    except (OSError, ValueError, ZooError) as e:
+        return [Problem(name, f"{SPEC_FILE} is not a valid task spec ({str(e)[:160]})", fix)]
+    return []
 
 
 def safetensors_error(path: Path) -> str | None:

@@ -19,6 +19,7 @@ from typing import Callable
 from zoo.api.config import ServeConfig
 from zoo.api.metrics import Metrics
 from zoo.api.protocol import ApiError
+from zoo.errors import ZooError
 from zoo.serving.engine import Batch, Row, Sampling, sample
 
 log = logging.getLogger("zoo.serve")
@@ -91,8 +92,11 @@ class Scheduler:
         runtime = self.load_runtime()
         runtime.load_all()
         if (runtime.zoo.router_dir / "router.json").exists():
-            runtime.router  # noqa: B018 -- load it now, not on the first `auto` request
-            self.has_router = True
+            try:
+                runtime.router  # noqa: B018 -- load it now, not on the first `auto` request
+                self.has_router = True
+            except ZooError as e:  # a stale or damaged router: serve the adapters by name
+                log.warning("zoo serve: no `auto` model: %s", e)
         self.batch = Batch(runtime)
         self.runtime = runtime
         log.info("zoo serve: ready with adapters %s", ", ".join(runtime.adapters) or "(none)")

@@ -92,9 +92,9 @@ async def start(scheduler: Scheduler, config: ServeConfig, body: SamplingRequest
                 max_tokens: int | None, messages: list[dict] | None = None) -> Call:
     """Check a request and queue it."""
     require_ready(scheduler)
-    adapter, route = await resolve(scheduler, body.model, text)
     if not text.strip():
         raise ApiError(400, "empty prompt: give some text to answer")
+    adapter, route = await resolve(scheduler, body.model, text)
     ids = await run_in_threadpool(scheduler.encode, messages, None if messages else text)
     if len(ids) > config.max_prompt_tokens:
         raise ApiError(413, f"prompt of {len(ids)} tokens is over this server's limit of {config.max_prompt_tokens}",

@@ -1,4 +1,5 @@
-"""`zoo eval [NAME...]`: adapter vs base on each task's validation sample; reports and manifest metrics."""
+"""`zoo eval [NAME...]`: adapter vs base on each task's validation sample and its out-of-domain set, every score
+with a 95% bootstrap interval (paired for the change); reports and manifest metrics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ MAX_BATCH = 512
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="adapters to evaluate (default: every healthy adapter)")
     p.add_argument("-n", "--n", type=count(1), default=200,
-                   help="examples per task, a fixed seeded sample (default 200)")
+                   help="examples per task and data set (in and out of domain), a fixed seeded sample (default 200)")
     p.add_argument("--seed", type=count(0), default=0, help="seed of the sample (default 0)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
@@ -68,18 +69,20 @@ def per_task(zoo, names, args) -> int:
 
 
 def cross_task(zoo, names, args) -> int:
-    """Each adapter on several tasks (how a blend does everywhere)."""
+    """Each adapter on several tasks (how a blend does everywhere), each score with its 95% interval."""
     from tasks import all_tasks, get_task
-    from zoo.evaluation import evaluate_adapter_on_task
+    from zoo.evaluation import adapter_on_task
     from zoo.serving.runtime import Runtime
 
     specs = list(all_tasks().values()) if args.tasks == ["all"] else [get_task(t) for t in args.tasks]
     results = []
     with Runtime(zoo) as runtime:
         for name in names:
-            scores = {s.name: evaluate_adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir,
-                                                       seed=args.seed, batch_size=args.batch_size) for s in specs}
-            results.append({"name": name, "n": args.n, "tasks": scores})
+            done = {s.name: adapter_on_task(runtime, name, s, n=args.n, data_dir=args.data_dir, seed=args.seed,
+                                            batch_size=args.batch_size) for s in specs}
+            scores = {task: d["scores"] for task, d in done.items()}
+            results.append({"name": name, "n": args.n, "tasks": scores,
+                            "intervals": {task: d["intervals"] for task, d in done.items()}})
             zoo.set_metrics(name, "tasks", scores)
     if any(zoo.get(n).kind == "combined" for n in names):
         from zoo.combine.search import rows_from_manifest
@@ -89,17 +92,33 @@ def cross_task(zoo, names, args) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for r in results:
-            for task, sc in r["tasks"].items():
-                print(f"{r['name']:<20} {task:<15} " + "  ".join(f"{k}={v:.3f}" for k, v in sc.items()))
+        print_cross_task(results)
     return 0
 
 
-def print_table(results: list[dict]) -> None:
-    from zoo.reports import fmt
+def print_cross_task(results: list[dict]) -> None:
+    from zoo.reports import fmt_interval
 
-    print(f"{'adapter':<18}{'task':<15}{'metric':<10}{'base':>9}{'adapter':>9}{'change':>9}")
+    for r in results:
+        for task, sc in r["tasks"].items():
+            ci = r["intervals"][task]
+            print(f"{r['name']:<20} {task:<15} " + "  ".join(f"{k}={fmt_interval(k, v, ci.get(k))}"
+                                                             for k, v in sc.items()))
+
+
+def print_table(results: list[dict]) -> None:
+    """One line per adapter and data set (in domain, out of domain): the main metric with its 95% intervals."""
+    from zoo.reports import bounds_of, fmt_interval, scored_ood
+
+    print(f"{'adapter':<18}{'task':<15}{'data':<20}{'metric':<9}{'base':>20}{'adapter':>20}{'change':>22}")
     for r in results:
         m = r["metric"]
-        b, a = r["base"][m], r["adapter"][m]
-        print(f"{r['name']:<18}{r['task']:<15}{m:<10}{fmt(m, b):>9}{fmt(m, a):>9}{a - b:>+9.3g}")
+        ood = scored_ood(r)
+        for data, block in [(r["split"], r), *([(f"ood:{ood['dataset']}", ood)] if ood else [])]:
+            b, a = block["base"][m], block["adapter"][m]
+            cells = [fmt_interval(m, b, bounds_of(block, "base", m)),
+                     fmt_interval(m, a, bounds_of(block, "adapter", m)),
+                     fmt_interval(m, a - b, bounds_of(block, "change", m), sign=True)]
+            print(f"{r['name']:<18}{r['task']:<15}{data:<20}{m:<9}{cells[0]:>20}{cells[1]:>20}{cells[2]:>22}")
+        if (r.get("ood") or {}).get("skipped"):
+            print(f"[zoo] {r['name']}: out-of-domain set not scored: {r['ood']['skipped']}")

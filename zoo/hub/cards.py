@@ -41,24 +41,28 @@ def hub_dataset(spec: TaskSpec | None) -> str | None:
 
 
 def eval_metrics(entry: Entry) -> dict | None:
-    """`metrics.eval` as `zoo eval` writes it ({task, n, base: {...}, adapter: {...}}), numbers only, or None."""
-    ev = entry.metrics.get("eval")
-    if not isinstance(ev, dict) or not isinstance(ev.get("adapter"), dict):
+    """`metrics.eval` as `zoo eval` writes it ({task, n, base: {...}, adapter: {...}, intervals, ood}), scores
+    numbers only (in the out-of-domain block too), or None. Intervals are checked where they are shown."""
+    ev = _scores_only(entry.metrics.get("eval"))
+    if ev is None:
         return None
-    adapter = _numbers(ev["adapter"])
-    base = _numbers(ev["base"]) if isinstance(ev.get("base"), dict) else {}
-    return {**ev, "adapter": adapter, "base": base} if adapter else None
+    ood = ev.get("ood")
+    if isinstance(ood, dict) and ood.get("skipped"):  # its reason names local paths: not for a published card
+        return {**ev, "ood": {"dataset": str(ood.get("dataset")), "skipped": "its data was not found at evaluation"}}
+    return {**ev, "ood": _scores_only(ood)}
+
+
+def _scores_only(block) -> dict | None:
+    if not isinstance(block, dict) or not isinstance(block.get("adapter"), dict):
+        return None
+    adapter = _numbers(block["adapter"])
+    base = _numbers(block["base"]) if isinstance(block.get("base"), dict) else {}
+    return {**block, "adapter": adapter, "base": base} if adapter else None
 
 
 def _numbers(scores: dict) -> dict:
     """Only numeric scores reach a card (a pulled or hand-edited manifest may hold anything)."""
     return {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _metric(entry: Entry, spec: TaskSpec | None):
-    """The `Metric` the scores were measured with (the spec's, else the one the eval record names)."""
-    name = spec.metric if spec else (entry.metrics.get("eval") or {}).get("metric")
-    return METRICS.get(name) if isinstance(name, str) else None
 
 
 def eval_results(entry: Entry, spec: TaskSpec | None) -> list:
@@ -94,7 +98,7 @@ def build_card(entry: Entry, spec: TaskSpec | None, repo_id: str, has_plot: bool
     how it scores. `spec` is None for a task this machine does not know (a card is still written)."""
     data = card_data(entry, spec, repo_id)
     body = [*_intro(entry, spec, data.base_model), *_usage(entry, spec, repo_id, data.base_model, subfolder),
-            *_training(entry), *_evaluation(entry, spec, has_plot)]
+            *_training(entry), *_evaluation(entry, has_plot)]
     return _card(data, body)
 
 
@@ -178,19 +182,16 @@ def _training(entry: Entry) -> list[str]:
             "", f"Full settings and the loss log are in `training.json`; the manifest entry in `{ENTRY_FILE}`."]
 
 
-def _evaluation(entry: Entry, spec: TaskSpec | None, has_plot: bool) -> list[str]:
+def _evaluation(entry: Entry, has_plot: bool) -> list[str]:
+    """Scores as the report shows them: in domain and out of domain, base vs adapter, 95% intervals."""
+    from zoo.reports import data_lines, score_table
+
     ev = eval_metrics(entry)
     if ev is None:
         return ["", "## Evaluation", "", "Not evaluated yet: run `zoo eval NAME` and push again to add scores."]
-    metric = _metric(entry, spec)
-    show = (lambda key, v: metric.display(v, key)) if metric else (lambda key, v: f"{v:g}")
-    lines = ["", "## Evaluation", "", f"{ev.get('n', '?')} examples from the `{ev.get('split', 'validation')}` split "
-             f"of `{ev.get('task', entry.task)}`, greedy decoding, adapter vs the plain base.", "",
-             "| metric | base | adapter | change |", "|---|---|---|---|"]
-    for key, a in ev["adapter"].items():
-        b = ev["base"].get(key)
-        change = "-" if b is None else ("+" if a >= b else "") + show(key, a - b)
-        lines.append(f"| {key} | {'-' if b is None else show(key, b)} | {show(key, a)} | {change} |")
+    ev = {"n": "?", "split": "validation", "metric": None, **ev}
+    lines = ["", "## Evaluation", "", f"Task `{ev.get('task', entry.task)}`, greedy decoding, adapter vs the plain "
+             "base.", "", *data_lines(ev), "", *score_table(ev)]
     return lines + (["", f"![base vs adapter]({PLOT_FILE})"] if has_plot else [])
 
 

@@ -149,10 +149,11 @@ def _names_data_plainly(spec: TaskSpec) -> bool:
 @dataclass
 class Bases:
     """The bases a pulled adapter may belong to, chosen here and never by what was pulled: `--base`, else the
-    bases this zoo's adapters are on, else the embedded default. Resolved once each."""
+    bases this zoo's adapters are on, else the embedded default. Resolved (and their layer shapes read) once each."""
 
     candidates: list[str]
     resolved: dict = field(default_factory=dict)
+    shapes: dict = field(default_factory=dict)  # base folder -> its linear layers' (in, out)
 
     @classmethod
     def for_pull(cls, zoo: Zoo, base: str | None) -> "Bases":
@@ -169,6 +170,12 @@ class Bases:
                                "model folder") from None
         return self.resolved[base_id]
 
+    def dims(self, ref: BaseRef) -> dict:
+        """The base's linear layers (name -> (in, out)), from a weightless skeleton built from its config."""
+        if ref.path not in self.shapes:
+            self.shapes[ref.path] = skeleton_dims(ref.path)
+        return self.shapes[ref.path]
+
     def match(self, trained: BaseInfo, what: str) -> BaseRef:
         """The adapter's deltas only mean something on the base they were trained on (fingerprint)."""
         if not trained.hash:
@@ -181,20 +188,52 @@ class Bases:
                        f"local base {local}; pass --base with the base it was trained on")
 
 
+def skeleton_dims(path: Path) -> dict:
+    """`linear_dims` of the model at `path` built on the meta device: shapes only, no weights read or allocated."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from zoo.adapter_config import linear_dims
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False))
+    return linear_dims(model)
+
+
 # planning ------------------------------------------------------------------------------------------------------
 def plan_adapter(folder: Path, allowed: Path | None, name: str | None, source: str, bases: Bases) -> PullItem:
     """Check one adapter folder through and through; returns what `install` will add."""
     what = f"adapter at {source}"
     check_safe_folder(folder, what, allowed)
     raw = raw_entry(folder, what)
-    name = check_name(name or raw.get("name") or Path(source.rstrip("/")).name, "adapter name")
-    problems = adapter_problems(name, folder)
-    if problems:
-        raise ZooError(f"{what}: {problems[0].what}; nothing was added")
+    name = _local_name(name, raw, source, what)
+    _check_files(name, folder, None, what)  # config and tensors first: nothing is run or sized
     entry = pulled_entry(raw, name, source, what)
     check_spec(folder, entry, what)
     ref = bases.match(entry.base, what)
+    _check_files(name, folder, bases.dims(ref), what)  # the tensors fit this base's layers
     return PullItem(name, folder, entry.with_(base=BaseInfo(ref.id, entry.base.hash, entry.base.quantized)))
+
+
+def _local_name(name: str | None, raw: dict, source: str, what: str) -> str:
+    """`--name`, else the published name (or the folder's), held to the one name rule before anything else."""
+    if name:
+        return check_name(name, "--name")
+    try:
+        return check_name(raw.get("name") or Path(source.rstrip("/")).name, "adapter name")
+    except ZooError as e:
+        raise ZooError(f"{what}: {e}; nothing was added. Pass --name NEW to pick a local name") from None
+
+
+def _check_files(name: str, folder: Path, dims: dict | None, what: str) -> None:
+    """`adapter_problems`, except for links: `check_safe_folder` has held every link inside the folder (or
+    inside the Hub cache's blobs, whose snapshots are links by design), and the copy into the zoo follows them,
+    so what lands there is a plain file."""
+    links = {f.name for f in folder.iterdir() if f.is_symlink()}
+    problems = [p for p in adapter_problems(name, folder, dims)
+                if not any(p.what.startswith(f"{link} is a link") for link in links)]
+    if problems:
+        raise ZooError(f"{what}: {problems[0].what}; nothing was added")
 
 
 def plan_pull(zoo: Zoo, source: str, name: str | None = None,

@@ -14,10 +14,11 @@ import warnings
 from zoo.base import DEFAULT_BASE, load_base, unwrap_peft
 from zoo.serving.attention import SERVING, use_phase
 from zoo.serving.dense import use_dense_weights
-from zoo.errors import ZooError
+from zoo.adapter_config import linear_dims
+from zoo.errors import ZooError, printable
 from zoo.serving.lora_serving import use_serving_forwards
 from zoo.prompting import text_prompt_ids
-from zoo.store import Zoo
+from zoo.store import Zoo, adapter_problems
 
 NONE = "none"
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in mixed batches
@@ -43,6 +44,7 @@ class Runtime:
         use_phase(self.loaded.model, SERVING)  # prefill and decode attention (zoo.serving.attention)
         self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.serving.dense)
         self.tokenizer = self.loaded.tokenizer
+        self.base_dims = linear_dims(self.loaded.model)  # adapter shapes are checked against these before PEFT
         self.model = None  # becomes a PeftModel with the first adapter
         self.lock = threading.RLock()  # generation and adapter changes are serialized on the shared model
         self._router = None
@@ -53,15 +55,16 @@ class Runtime:
         return sorted(self.model.peft_config) if self.model is not None else []
 
     def available(self) -> list[str]:
-        """Adapters of the zoo that are healthy and trained on this base."""
+        """Adapters of the zoo that are healthy, trained on this base and shaped for it."""
         entries = self.zoo.entries()
-        return [n for n in self.zoo.healthy() if entries[n].base.hash in (None, self.loaded.ref.hash)]
+        return [n for n in self.zoo.healthy() if entries[n].base.hash in (None, self.loaded.ref.hash)
+                and not adapter_problems(n, self.zoo.adapter_dir(n), self.base_dims)]
 
     def load_adapter(self, name: str) -> None:
         with self.lock:
             if name in self.adapters:
                 return
-            self.zoo.require_healthy(name, self.loaded.ref)
+            self.zoo.require_healthy(name, self.loaded.ref, self.base_dims)
             path = str(self.zoo.adapter_dir(name))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -103,8 +106,13 @@ class Runtime:
         return [p for key, p in self.model.named_parameters() if f".{name}." in key and "lora_" in key]
 
     def load_all(self) -> list[str]:
+        """Load every available adapter; one that still fails to load is reported and left out, so one bad
+        adapter never takes the others down."""
         for name in self.available():
-            self.load_adapter(name)
+            try:
+                self.load_adapter(name)
+            except (ZooError, RuntimeError, ValueError) as e:
+                warnings.warn(f"adapter {name!r} was not loaded: {printable(str(e), 200)}", stacklevel=2)
         return self.adapters
 
     def temporary_adapter(self, folder=None, blend=None, name: str = "temporary"):
