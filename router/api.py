@@ -20,7 +20,7 @@ from zoo.fsutil import atomic_write_bytes, atomic_write_json, replace_dir
 from zoo.store import PICKLE_SUFFIXES, now_iso
 
 FORMAT = "adapter-zoo-router"
-VERSION = 2  # 2: temperature, five shape features
+VERSION = 2  # 2: temperature, six shape features
 META_FILE = "router.json"
 WEIGHTS_FILE = "router.safetensors"
 RETRAIN = "run `zoo route --train` to fit it again"

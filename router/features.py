@@ -17,7 +17,7 @@ KINDS = ("ngrams", "minilm", "mix")
 EMBED_MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with 256-token inputs
 EMBED_DIM = 384
 CACHE_SIZE = 100_000  # embedded segments kept per process (~150 MB)
-N_SHAPE = 5  # columns of `structure_features`
+N_SHAPE = 6  # columns of `structure_features`
 _SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]+")
 # a chat line: a speaker label of one to three words ("Bob", "Mr. Lee", "Anna says") then ':', '-', '>' or a dash
@@ -89,15 +89,27 @@ def _overlap(segment: str, rest: str) -> float:
 
 
 def structure_features(texts: list[str], chars: int) -> np.ndarray:
-    """Dense shape features: overlap of the first / last segment with the rest, length, line count, and the
-    share of lines that look like chat turns (whatever the speakers are called)."""
+    """Dense shape features: overlap of the first / last segment with the rest, length, line count, the
+    share of lines that look like chat turns (whatever the speakers are called), and how much the best
+    question of the prompt draws on the rest (a question about a given text, however short the text)."""
     out = np.zeros((len(texts), N_SHAPE), np.float32)
     for i, t in enumerate(texts):
         first, last = ends(t, chars)
         lines = t.count("\n") + 1
         out[i] = (_overlap(first, t[len(first):]), _overlap(last, t[:-len(last)] if last else t),
-                  np.log1p(len(t)) / 8.0, np.log1p(lines - 1) / 4.0, min(1.0, len(_TURN.findall(t)) / lines))
+                  np.log1p(len(t)) / 8.0, np.log1p(lines - 1) / 4.0, min(1.0, len(_TURN.findall(t)) / lines),
+                  _question_overlap(t))
     return out
+
+
+def _question_overlap(text: str) -> float:
+    """The largest share of a question's content words found in the rest of the prompt."""
+    parts = [p.strip() for p in _SEGMENT.split(text) if p.strip()]
+    best = 0.0
+    for j, part in enumerate(parts):
+        if part.endswith("?") and len(parts) > 1:
+            best = max(best, _overlap(part, " ".join(parts[:j] + parts[j + 1:])))
+    return best
 
 
 # MiniLM ------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def refit_with_task(specs: list, new_spec, data_dir=None, rows_per_task: int = 3
         raise ZooError(f"task {new_spec.name!r} is already a route of this router; pick a new task name")
     if before is None:
         before, _ = fit_specs(specs, data_dir, seed, rows_per_task, **params)
+    params.setdefault("threshold", before.threshold)  # the same doubt policy: only the new route differs
     t0 = time.perf_counter()
     after, training = fit_specs([*specs, new_spec], data_dir, seed, rows_per_task, **params)
     seconds = time.perf_counter() - t0
@@ -68,7 +69,7 @@ def add_task(zoo, task: str, data_dir=None, n: int = 100, rows_per_task: int | N
     meta = json.loads((zoo.router_dir / META_FILE).read_text(encoding="utf-8"))
     specs = _task_specs(zoo, [str(c) for c in before.classes_ if str(c) != NONE], explicit=True)
     rows = rows_per_task or meta.get("training", {}).get("rows_per_task", 300)
-    params = {k: v for k, v in before.get_params().items() if k not in ("seed", "threshold")}
+    params = {k: v for k, v in before.get_params().items() if k != "seed"}
     after, report = refit_with_task(specs, get_task(task), data_dir, rows, before.seed, n, before=before, **params)
     save_router(zoo, after, {**report.pop("training"), "added_task": report})
     return report

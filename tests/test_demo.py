@@ -307,6 +307,7 @@ def test_endpoints_refuse_bytes_that_are_not_utf8(server, client):
     """Demo: a request body that is not UTF-8 (which no client library will even send) is refused with a 4xx
     status for every endpoint, and the server keeps answering."""
     import urllib.error
+    import urllib.request
 
     for api in ("auto", "manual", "blend"):
         request = urllib.request.Request(f"{server.rstrip('/')}/gradio_api/call/{api}",

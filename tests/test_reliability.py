@@ -202,7 +202,8 @@ def test_every_command_module_is_importable_and_configured():
     ["eval", "--batch-size", "-1"], ["eval", "-n", "0"], ["eval", "--seed", "-2"],
     ["generate", "hi", "--batch-size", "-1"], ["generate", "hi", "--max-new-tokens", "0"],
     ["route", "--train", "--rows", "0"], ["train", "sentiment", "--batch-size", "-1"],
-    ["train", "sentiment", "--max-examples", "0"],
+    ["train", "sentiment", "--max-examples", "0"], ["bench", "--train-examples", "-1"], ["demo", "--port", "0"],
+    ["combine", "a", "b", "--name", "c", "--svd-rank", "0"], ["combine", "a", "b", "--search", "-n", "0"],
 ])
 def test_count_and_size_flags_are_range_checked(argv, tmp_path, capsys):
     """A batch size of -1 once gave blank answers with exit 0: every count or size flag out of range is a

@@ -115,3 +115,30 @@ def test_doctor_finishes_a_swap_that_a_kill_interrupted(kill_at, survivor, tmp_p
     assert ("restored" if survivor == "old" else "deleted the old copy") in capsys.readouterr().out
     assert json.loads((final / "adapter_config.json").read_text()) == {"v": survivor}
     assert not [p for p in final.parent.iterdir() if ".old-" in p.name]
+
+
+def _hold_name_lock(root, ready, release):
+    with Zoo(root).name_lock("sentiment"):
+        ready.set()
+        release.wait(30)
+
+
+def test_two_trainings_of_one_name_cannot_share_a_run(tmp_path):
+    """A second `zoo train sentiment` in the same zoo is refused at once while the first runs (they would share
+    and delete each other's checkpoints); another name, or the same name afterwards, is fine."""
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_name_lock, args=(tmp_path, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(ZooError, match="another process is training 'sentiment'"):
+            with Zoo(tmp_path).name_lock("sentiment"):
+                pass
+        with Zoo(tmp_path).name_lock("qa"):
+            pass
+    finally:
+        release.set()
+        holder.join(30)
+    with Zoo(tmp_path).name_lock("sentiment"):
+        assert (tmp_path / ".runs" / "sentiment.lock").exists()

@@ -31,13 +31,12 @@ def test_each_phase_runs_its_attention_on_a_cpu_and_gives_the_previous_back(tiny
     from zoo.serving.attention import CPU_ATTENTION, NAME, SERVING, TRAINING, in_phase, use_phase
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa")  # its own, fresh
-    assert CPU_ATTENTION == {TRAINING: "eager", SERVING: NAME}
-    with in_phase(model, TRAINING):
-        assert model.config._attn_implementation == "eager"
-    assert model.config._attn_implementation == "sdpa"
+    assert CPU_ATTENTION[SERVING] == NAME and CPU_ATTENTION[TRAINING] in ("sdpa", "eager")
     assert use_phase(model, SERVING) == "sdpa" and model.config._attn_implementation == NAME
+    with in_phase(model, TRAINING):
+        assert model.config._attn_implementation == CPU_ATTENTION[TRAINING]
+    assert model.config._attn_implementation == NAME
     with pytest.raises(RuntimeError, match="boom"), in_phase(model, TRAINING):  # given back after errors too
-        assert model.config._attn_implementation == "eager"
         raise RuntimeError("boom")
     assert model.config._attn_implementation == NAME
     eager_model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="eager")
@@ -45,14 +44,31 @@ def test_each_phase_runs_its_attention_on_a_cpu_and_gives_the_previous_back(tiny
     assert eager_model.config._attn_implementation == "eager"
 
 
-def test_training_on_a_cpu_runs_eager_attention_and_the_runtime_gets_its_own_back(tiny_base_dir, tmp_path,
-                                                                                    data_dir, monkeypatch):
-    """The bug this guards: loading the base installed the runtime's attention, so training never ran eager."""
+def _count_calls(monkeypatch, implementation: str) -> list:
+    """A list that grows by one per call of the attention function `implementation` dispatches to."""
+    import transformers.models.llama.modeling_llama as llama
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls = []
+    real = llama.eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    if implementation == "eager":
+        monkeypatch.setattr(llama, "eager_attention_forward", spy)
+    else:
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, implementation, spy)
+    return calls
+
+
+def test_training_on_a_cpu_runs_its_attention_and_the_runtime_gets_its_own_back(tiny_base_dir, tmp_path,
+                                                                                  data_dir, monkeypatch):
+    """The bug this guards: loading the base installed the runtime's attention, so training never switched."""
     from dataclasses import replace
 
-    import transformers.models.llama.modeling_llama as llama
-
-    from zoo.serving.attention import NAME
+    from zoo.serving.attention import CPU_ATTENTION, NAME, TRAINING
     from zoo.serving.runtime import Runtime
     from zoo.store import Zoo
     from zoo.train import train_adapter
@@ -61,10 +77,7 @@ def test_training_on_a_cpu_runs_eager_attention_and_the_runtime_gets_its_own_bac
     runtime = Runtime(zoo, base=str(tiny_base_dir), quant=False)  # serving first, as `zoo serve` + train would
     base = runtime.loaded.model
     assert base.config._attn_implementation == NAME
-    eager_calls, seen = [], set()
-    real_eager = llama.eager_attention_forward
-    monkeypatch.setattr(llama, "eager_attention_forward",
-                        lambda *args, **kwargs: eager_calls.append(1) or real_eager(*args, **kwargs))
+    calls, seen = _count_calls(monkeypatch, CPU_ATTENTION[TRAINING]), set()
     hooks = [layer.self_attn.register_forward_pre_hook(lambda m, args: seen.add(m.config._attn_implementation))
              for layer in base.model.layers]
     spec = get_task("sentiment")
@@ -74,7 +87,7 @@ def test_training_on_a_cpu_runs_eager_attention_and_the_runtime_gets_its_own_bac
     finally:
         for hook in hooks:
             hook.remove()
-    assert seen == {"eager"} and len(eager_calls) >= len(base.model.layers)  # every layer, forward
+    assert seen == {CPU_ATTENTION[TRAINING]} and len(calls) >= len(base.model.layers)  # every layer, forward
     assert entry.throughput["steps"] == 1
     assert base.config._attn_implementation == NAME  # serving's attention is back
     assert runtime.generate("hello", adapter="probe", max_new_tokens=2)["adapter"] == "probe"

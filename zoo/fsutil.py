@@ -109,6 +109,21 @@ def finish_swap(old: Path, final: Path) -> str:
 
 
 @contextlib.contextmanager
+def exclusive_or_refuse(path: str | os.PathLike, busy: str):
+    """Hold a lock for one job, or refuse at once with `busy` when another process holds it (two trainings
+    of one name would share and delete each other's checkpoints)."""
+    from filelock import Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(path), timeout=0):
+            yield
+    except Timeout:
+        raise ZooError(busy) from None
+
+
+@contextlib.contextmanager
 def file_lock(path: str | os.PathLike):
     """An exclusive lock (the `filelock` package: flock on POSIX, msvcrt on Windows), so two `zoo` processes
     never interleave manifest updates. Not reentrant across calls: never nest two locks on one path."""

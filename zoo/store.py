@@ -20,7 +20,7 @@ from pathlib import Path
 
 from zoo.adapter_config import config_problems, tensor_problems
 from zoo.errors import ZooError
-from zoo.fsutil import atomic_write_json, check_name, file_lock, replace_dir
+from zoo.fsutil import atomic_write_json, check_name, exclusive_or_refuse, file_lock, replace_dir
 from zoo.manifest import Entry
 
 MANIFEST_VERSION = 1
@@ -72,6 +72,12 @@ class Zoo:
 
     def lock(self):
         return file_lock(self.root / ".lock")
+
+    def name_lock(self, name: str):
+        """One job per adapter name at a time (`zoo train`): its run folder and staging are that job's alone."""
+        return exclusive_or_refuse(self.root / ".runs" / f"{check_name(name, 'adapter name')}.lock",
+                                   f"another process is training {name!r} in {self.root}; wait for it to finish "
+                                   "or train under another --name")
 
     # manifest ------------------------------------------------------------
     def read(self) -> dict:

@@ -226,18 +226,19 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
     `callbacks` go to the Trainer (the bench's step timer)."""
     import torch
 
-    run = setup_run(zoo, spec, loaded, name or spec.name, data_dir, resume)
-    with loaded.lock:
-        model = attach_adapter(loaded.model, spec.lora, run.name)
-        try:
-            stats, log = run_trainer(model, run, loaded, callbacks)
-            staged = stage_adapter(zoo, model, run, stats, log)
-        finally:
-            model.unload()  # give the shared base back without LoRA layers
-            torch.set_grad_enabled(True)
-    entry = adapter_entry(run, loaded, stats, log)
-    zoo.install(staged, entry)
-    shutil.rmtree(run.run_dir, ignore_errors=True)
+    with zoo.name_lock(name or spec.name):
+        run = setup_run(zoo, spec, loaded, name or spec.name, data_dir, resume)
+        with loaded.lock:
+            model = attach_adapter(loaded.model, spec.lora, run.name)
+            try:
+                stats, log = run_trainer(model, run, loaded, callbacks)
+                staged = stage_adapter(zoo, model, run, stats, log)
+            finally:
+                model.unload()  # give the shared base back without LoRA layers
+                torch.set_grad_enabled(True)
+        entry = adapter_entry(run, loaded, stats, log)
+        zoo.install(staged, entry)
+        shutil.rmtree(run.run_dir, ignore_errors=True)
     return entry
 
 

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from zoo.cli import count
+
 BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -27,8 +29,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--only", default=None, help="comma list of sections: train,inference,memory,router")
     p.add_argument("--tasks", default=None, help="comma list of tasks to train (default: sentiment,qa)")
-    p.add_argument("--train-examples", type=int, default=None, help="examples per recipe per task")
-    p.add_argument("--eval-n", type=int, default=None, help="validation rows scored per trained adapter")
+    p.add_argument("--train-examples", type=count(1), default=None, help="examples per recipe per task")
+    p.add_argument("--eval-n", type=count(1), default=None, help="validation rows scored per trained adapter")
 
 
 def run(args) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zoo.cli import count
 from zoo.errors import ZooError
 
 
@@ -25,14 +26,14 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"one of {', '.join(METHODS)} (default: cat); with --search, the methods to try")
     p.add_argument("--density", type=float,
                    help=f"share of entries kept by ties/dare/magnitude_prune (default {DEFAULT_DENSITY})")
-    p.add_argument("--svd-rank", type=int, help="rank of an SVD blend (default: the largest parent rank)")
-    p.add_argument("--seed", type=int, default=0, help="seed for DARE's random drops and the search sample")
+    p.add_argument("--svd-rank", type=count(1, 4096), help="rank of an SVD blend (default: the largest parent rank)")
+    p.add_argument("--seed", type=count(0), default=0, help="seed for DARE's random drops and the search sample")
     p.add_argument("--route-as", nargs="+", metavar="TASK", help="tasks the router may send to this blend "
                    "(the first becomes its task; default task: the first parent's)")
     p.add_argument("--force", action="store_true", help="replace an existing adapter of that name")
     s = p.add_argument_group("search")
     s.add_argument("--search", action="store_true", help="try a small grid of weights/methods and keep the best")
-    s.add_argument("-n", "--n", type=int, default=DEFAULT_SEARCH_N, help="validation examples per task for --search")
+    s.add_argument("-n", "--n", type=count(1), default=DEFAULT_SEARCH_N, help="validation examples per task for --search")
     s.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     s.add_argument("--no-quant", action="store_true", help="score on a full-precision base instead of NF4")
     p.add_argument("--report", action="store_true",

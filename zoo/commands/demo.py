@@ -18,7 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network, "
                         "which needs --auth or --insecure)")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    p.add_argument("--port", type=count(1, 65535), default=7860, help="port to listen on (default 7860)")
     p.add_argument("--share", action="store_true",
                    help="also open a temporary public gradio.live link (needs internet, and --auth or --insecure)")
     p.add_argument("--auth", metavar="USER:PASSWORD", default=None,
