@@ -158,6 +158,12 @@ class Embedder:
         return self.torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)
 
 
+def forget_embeddings() -> None:
+    """Empty the embedding cache (latency is measured on segments never embedded before)."""
+    if Embedder._instance is not None:
+        Embedder._instance.__dict__.get("_cache", {}).clear()
+
+
 def embed_features(texts: list[str], chars: int) -> np.ndarray:
     """[embedding of the first segment, embedding of the last segment]: the request, with the passage
     mostly left out, and short inputs keep MiniLM fast."""

@@ -118,12 +118,15 @@ def measure_latency(router, prompts: list[str]) -> dict:
     model + n-grams + linear layer + softmax), and the embedding model alone."""
     import torch
 
+    from router.features import forget_embeddings
+
     threads, affinity = torch.get_num_threads(), _pin_one_core()
     torch.set_num_threads(1)
     try:
         router.route(prompts[:2])  # load the embedding model, warm caches
         embed_ms, total_ms = [], []
         for p in prompts:
+            forget_embeddings()
             t0 = time.perf_counter()
             emb = router.embed([p])
             t1 = time.perf_counter()

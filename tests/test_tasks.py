@@ -11,10 +11,10 @@ from zoo.errors import ZooError
 
 
 def test_builtin_tasks_are_registered_with_several_templates():
-    tasks = all_tasks()
+    tasks = all_tasks()  # other tests may have registered task files too: only the built-ins are checked
     assert {"sentiment", "qa", "summarization"} <= set(tasks)
-    for spec in tasks.values():
-        assert len(spec.templates) >= 3
+    for name in ("sentiment", "qa", "summarization"):
+        assert len(tasks[name].templates) >= 3
 
 
 EXPECTED_TARGET = {  # each built-in task's answer, read from a real row by hand
