@@ -4,7 +4,6 @@ at pull time and at load time (both go through `zoo.store.adapter_problems`)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -45,13 +44,6 @@ def test_configs_that_could_hurt_the_base_are_refused(change, why):
 def test_a_config_that_is_not_an_object_is_refused():
     assert config_problems([]) == ["adapter_config.json is not a JSON object"]
     assert any("'r'" in p for p in config_problems({k: v for k, v in PLAIN.items() if k != "r"}))
-
-
-def test_regex_check_is_instant_even_for_a_catastrophic_pattern():
-    """PEFT would run this regex against every module name; the allow-list never runs it at all."""
-    t0 = time.perf_counter()
-    config_problems({**PLAIN, "target_modules": "(" + "a*" * 30 + ")*b"})
-    assert time.perf_counter() - t0 < 0.05
 
 
 def header(shapes: dict[str, list[int]]) -> dict:

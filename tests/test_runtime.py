@@ -126,11 +126,11 @@ def test_batch_cache_gives_each_prompt_the_next_token_logits_it_gets_alone(tiny_
     with torch.inference_mode():
         cache = rt._prefill_batch(ids, names, max_new_tokens=2)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        step = rt._with_adapters(names, lambda model, extra: model(
+        step = rt.with_adapters(names, lambda model, extra: model(
             input_ids=torch.tensor([[x[-1]] for x in ids]), attention_mask=mask, past_key_values=cache,
             position_ids=torch.tensor([[len(x) - 1] for x in ids]), use_cache=True, **extra)).logits[:, -1]
         for row, (x, name) in enumerate(zip(ids, names)):
-            alone = rt._with_adapters([name], lambda model, extra: model(input_ids=torch.tensor([x]))).logits[0, -1]
+            alone = rt.with_adapters([name], lambda model, extra: model(input_ids=torch.tensor([x]))).logits[0, -1]
             torch.testing.assert_close(step[row], alone, atol=1e-4, rtol=1e-4)
     rt.close()
 

@@ -99,3 +99,34 @@ def test_a_new_process_generates_with_each_adapter(matrix_zoo, name):
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert out["adapter"] == name and isinstance(out["answer"], str)
+
+
+def test_router_report_scores_routing_regret_on_every_task(matrix_zoo, data_dir, capsys):
+    """`zoo eval --router` runs the zoo's adapters: the task metric with the learned router, with perfect routing
+    and with everything sent to the base, per task (a task file's task included)."""
+    assert main(["route", "--train", "--features", "ngrams", "--rows", "60", "--zoo", str(matrix_zoo.root),
+                 "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--router", "-n", "2", "--zoo", str(matrix_zoo.root), "--data-dir", str(data_dir),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    regret = result["regret"]["tasks"]
+    assert set(regret) == {"sentiment", "qa", "summarization", "topic"}
+    assert all(set(r) >= {"learned", "perfect", "base"} for r in regret.values())
+
+
+def test_adding_a_task_to_the_router_reports_how_far_earlier_routes_moved(matrix_zoo, data_dir, tmp_path, capsys):
+    assert main(["route", "--train", "--features", "ngrams", "--rows", "60", "--tasks", "sentiment", "qa",
+                 "--zoo", str(matrix_zoo.root), "--data-dir", str(data_dir)]) == 0
+    task_file = tmp_path / "gist.yaml"
+    task_file.write_text(TASK_FILE.format(data=data_dir).replace("name: topic", "name: gist"))
+    capsys.readouterr()
+    assert main(["route", "--add-task", str(task_file), "--json", "--zoo", str(matrix_zoo.root),
+                 "--data-dir", str(data_dir)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "gist" and set(report["per_route"]) >= {"sentiment", "qa", "none"}
+    assert 0 <= report["changed"] <= 1 and report["largest_drop"] == max(
+        v["before"] - v["after"] for v in report["per_route"].values())
+    from router import load_router
+
+    assert "gist" in {str(c) for c in load_router(matrix_zoo, check_tasks=False).classes_}

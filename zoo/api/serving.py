@@ -80,9 +80,9 @@ def sampling_for(scheduler: Scheduler, config: ServeConfig, body: SamplingReques
     if len(body.stops()) > 4:
         raise ApiError(400, "at most 4 stop sequences")
     runtime = scheduler.runtime
-    max_tokens = max_tokens or min(runtime._default_new_tokens(adapter), config.max_tokens)
-    context = getattr(runtime.loaded.model.config, "max_position_embeddings", None)
-    if context and prompt_tokens + max_tokens > context:
+    max_tokens = max_tokens or min(runtime.default_new_tokens(adapter), config.max_tokens)
+    context = runtime.context_tokens
+    if prompt_tokens + max_tokens > context:
         raise ApiError(400, f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) is over the model's "
                             f"context of {context} tokens: shorten one of them")
     return Sampling(max_tokens, body.temperature, body.top_p, body.seed, body.stops())

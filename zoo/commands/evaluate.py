@@ -30,11 +30,7 @@ def run(args) -> int:
 
     zoo = Zoo(args.zoo)
     if args.router:
-        from router.report import write_router_report
-
-        result = write_router_report(zoo, data_dir=args.data_dir)
-        print(json.dumps(result, indent=2) if args.json else f"[zoo] wrote {zoo.reports_dir / 'router.md'}")
-        return 0
+        return router_report(zoo, args)
     names = args.names or zoo.healthy()
     if not names:
         raise ZooError(f"no adapters to evaluate in {zoo.root}; train some with `zoo train TASK`")
@@ -43,6 +39,23 @@ def run(args) -> int:
     if args.tasks:
         return cross_task(zoo, names, args)
     return per_task(zoo, names, args)
+
+
+def router_report(zoo, args) -> int:
+    """The router's report, with the routing regret (task metric lost to routing mistakes) when the zoo has
+    adapters to answer with: that part runs the model, `-n` examples per task."""
+    from router.regret import routing_regret
+    from router.report import write_router_report
+    from zoo.serving.runtime import Runtime
+
+    regret = None
+    if zoo.healthy():
+        with Runtime(zoo) as runtime:
+            regret = routing_regret(runtime, n=args.n, data_dir=args.data_dir, seed=args.seed,
+                                    batch_size=args.batch_size)
+    result = write_router_report(zoo, data_dir=args.data_dir, regret=regret)
+    print(json.dumps(result, indent=2) if args.json else f"[zoo] wrote {zoo.reports_dir / 'router.md'}")
+    return 0
 
 
 def per_task(zoo, names, args) -> int:

@@ -19,6 +19,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", default=None, help="prompt to route (default: read prompts from stdin)")
     p.add_argument("--train", action="store_true", help="fit the router for the zoo's tasks and save it in the zoo")
     p.add_argument("--tasks", nargs="+", default=None, help="with --train: fit for these tasks instead")
+    p.add_argument("--add-task", default=None, metavar="TASK",
+                   help="refit the saved router with one more task (a name or a task file) and report how much "
+                        "the earlier routes moved")
     p.add_argument("--rows", type=count(1), default=300,
                    help="with --train: training rows sampled per task (default 300)")
     p.add_argument("--features", choices=("mix", "ngrams", "minilm"), default=None,
@@ -32,6 +35,8 @@ def run(args) -> int:
     from zoo.store import Zoo
 
     zoo = Zoo(args.zoo)
+    if args.add_task:
+        return add_task(zoo, args)
     if args.train:
         train(zoo, args)
         if args.prompt is None:
@@ -56,6 +61,21 @@ def train(zoo, args) -> None:
                         **params)
     print(f"[zoo] router fit for routes {', '.join(map(str, router.classes_))} "
           f"(threshold {router.threshold}); saved in {zoo.router_dir}", file=sys.stderr)
+
+
+def add_task(zoo, args) -> int:
+    from router.refit import add_task as refit_with
+
+    report = refit_with(zoo, args.add_task, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"[zoo] router refit with {args.add_task!r}; accuracy per earlier route before -> after:")
+        for route, acc in report["per_route"].items():
+            print(f"  {route:<16}{acc['before']:.3f} -> {acc['after']:.3f}")
+        print(f"[zoo] largest drop {report['largest_drop']:.3f}; {report['changed']:.1%} of those prompts changed "
+              f"route; refit in {report['fit_seconds']} s")
+    return 0
 
 
 def describe(prompt: str, result: dict, single: bool) -> str:

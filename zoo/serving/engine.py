@@ -102,7 +102,7 @@ class Batch:
         for name in dict.fromkeys(r.adapter for r in rows):
             group = [r for r in rows if r.adapter == name and len(r.prompt_ids) > 1]
             if group:
-                got = self.runtime._with_adapters([name], lambda model, extra: prefill_rows(
+                got = self.runtime.with_adapters([name], lambda model, extra: prefill_rows(
                     unwrap_peft(model).get_decoder(), [r.prompt_ids[:-1] for r in group], self.runtime.loaded.device))
                 out.update({id(r): kv for r, kv in zip(group, got)})
         for r in rows:
@@ -131,7 +131,7 @@ class Batch:
         inputs = dict(input_ids=torch.tensor([[r.next_token] for r in self.rows], device=device),
                       attention_mask=mask, position_ids=lengths[:, None], cache=self.cache, use_cache=True,
                       logits_to_keep=1)
-        out = self.runtime._with_adapters([r.adapter for r in self.rows],
+        out = self.runtime.with_adapters([r.adapter for r in self.rows],
                                           lambda model, extra: model(**inputs, **extra))
         for r in self.rows:
             r.length += 1

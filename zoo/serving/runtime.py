@@ -225,15 +225,21 @@ class Runtime:
         else:
             routes = [{} for _ in prompts]
             names = [adapter] * len(prompts) if isinstance(adapter, str) else list(adapter)
-        budget = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 8192
-        budget = min(budget, getattr(self.loaded.model.config, "max_position_embeddings", budget))
-        new = max_new_tokens or max(self._default_new_tokens(n) for n in names)
+        budget = self.context_tokens
+        new = max_new_tokens or max(self.default_new_tokens(n) for n in names)
         ids = [text_prompt_ids(self.tokenizer, p, budget - new) for p in prompts]
         answers = self.generate_ids(ids, names, max_new_tokens=new, batch_size=batch_size)
         out = [{**r, "adapter": n, "answer": a} for r, n, a in zip(routes, names, answers)]
         return out[0] if single else out
 
-    def _default_new_tokens(self, adapter: str) -> int:
+    @functools.cached_property
+    def context_tokens(self) -> int:
+        """How many tokens (prompt + answer) the base can attend to: the tokenizer's limit, capped by the
+        model's position embeddings (8192 when neither says)."""
+        budget = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 8192
+        return min(budget, getattr(self.loaded.model.config, "max_position_embeddings", budget))
+
+    def default_new_tokens(self, adapter: str) -> int:
         if adapter == NONE:
             return DEFAULT_MAX_NEW_TOKENS
         from tasks import spec_for_adapter
@@ -333,7 +339,7 @@ class Runtime:
         rows: list = [None] * len(ids)
         for name in dict.fromkeys(names):
             group = [i for i, n in enumerate(names) if n == name]
-            got = self._with_adapters([name], lambda model, extra: prefill_rows(
+            got = self.with_adapters([name], lambda model, extra: prefill_rows(
                 unwrap_peft(model).get_decoder(), [ids[i][:-1] for i in group], self.loaded.device))
             for i, row in zip(group, got):
                 rows[i] = row
@@ -350,9 +356,9 @@ class Runtime:
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _generate_with(self, names: list[str], kwargs: dict):
-        return self._with_adapters(names, lambda model, extra: model.generate(**kwargs, **extra))
+        return self.with_adapters(names, lambda model, extra: model.generate(**kwargs, **extra))
 
-    def _with_adapters(self, names: list[str], call):
+    def with_adapters(self, names: list[str], call):
         """`call(model, extra_kwargs)` with the adapters of `names` active: the plain base, one adapter, or one
         adapter per row (PEFT's `adapter_names`)."""
         model = self.model
@@ -379,9 +385,8 @@ class Runtime:
             raise ZooError("empty prompt: give some text to answer")
         if adapter != NONE:
             self.load_adapter(adapter)
-        budget = self.tokenizer.model_max_length if self.tokenizer.model_max_length < 1e6 else 8192
-        budget = min(budget, getattr(self.loaded.model.config, "max_position_embeddings", budget))
-        new = max_new_tokens or self._default_new_tokens(adapter)
+        budget = self.context_tokens
+        new = max_new_tokens or self.default_new_tokens(adapter)
         ids = torch.tensor([text_prompt_ids(self.tokenizer, prompt, budget - new)], device=self.loaded.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
