@@ -28,8 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from router.features import EMBED_DIM, KINDS, N_SHAPE, embed_features, ngram_blocks, structure_features
 from zoo.errors import ZooError
-
-NONE = "none"
+from zoo.serving.runtime import NONE  # the plain base's route is its adapter name
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

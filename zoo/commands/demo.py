@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 
+from zoo.api.config import is_loopback
 from zoo.cli import count
 from zoo.errors import ZooError
 
@@ -44,19 +44,9 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user.strip(), password
 
 
-def loopback(host: str) -> bool:
-    """Only this machine can reach the address (`localhost`, 127.x, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
-
-
 def check_exposure(host: str, share: bool, auth, insecure: bool) -> None:
     """A demo that strangers can reach asks for a login, unless the user says the network is theirs."""
-    if auth is not None or insecure or (loopback(host) and not share):
+    if auth is not None or insecure or (is_loopback(host) and not share):
         return
     where = "a public --share link" if share else f"--host {host} (reachable from the network)"
     raise ZooError(f"{where} would let anyone use the demo: pass --auth USER:PASSWORD (or set ${AUTH_ENV}), "
@@ -111,7 +101,7 @@ def run(args) -> int:
                        "pass the base they were trained on with --base")
     print(f"[zoo] demo over {zoo.root}: {len(loaded)} adapters on {runtime.loaded.ref.id} "
           "(Ctrl+C to stop)", flush=True)
-    if auth is None and not loopback(args.host):
+    if auth is None and not is_loopback(args.host):
         print("[zoo] warning: no login (--insecure): anyone who can reach this address can use the demo", flush=True)
     app = build_app(runtime, Limits(prompt_chars=args.max_prompt_chars, queue_size=args.queue_size))
     try:
