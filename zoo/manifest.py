@@ -127,7 +127,7 @@ def _checked(what: str, key: str, value):
             raise ZooError(f"{what}: 'route_as' must be a list of task names")
         return tuple(check_name(t, "task name") for t in value)
     expected = _TYPES[key]
-    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool) and key != "final_loss"):
+    if not isinstance(value, expected) or isinstance(value, bool):  # no field here is a flag: true is no number
         raise ZooError(f"{what}: manifest field {key!r} has the wrong type ({type(value).__name__})")
     return value
 
