@@ -209,9 +209,7 @@ def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device
 
 
 def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 135M model loads in seconds: no bar on stderr
