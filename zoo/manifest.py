@@ -2,8 +2,8 @@
 
 An `Entry` is checked field by field when read (`Entry.from_json`): a manifest edited by hand, damaged, or
 pulled from a stranger can only yield the fields this project writes, each of the type it writes. Fields it
-does not know are dropped with `unknown="drop"` (pulled zoos: a field such as a future `route_as` must not
-take routing away from the user's own adapters) or kept verbatim with `unknown="keep"` (the local manifest,
+does not know are dropped with `unknown="drop"` (pulled zoos: a field this version does not know must not
+change what the user's own adapters do) or kept verbatim with `unknown="keep"` (the local manifest,
 so that a newer version's fields survive an older version's write).
 """
 
