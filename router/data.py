@@ -14,8 +14,7 @@ import string
 from router import heldout, phrasings
 from router.model import NONE
 from router.oos import oos_prompts
-from zoo.data import data_dir_from_env, load_rows, read_jsonl
-from zoo.errors import ZooError
+from zoo.data import data_dir_from_env, load_rows
 
 AUGMENT = ("bare", "swap", "flip", "vary")
 OTHER_JOBS_PER_INPUT = 2.0  # task-looking inputs put to other jobs (route `none`), per fit row
@@ -136,27 +135,17 @@ def phrase(templates: tuple[str, ...], rows: list[dict], columns: tuple[str, ...
 
 
 def ood_rows(spec, data_dir=None, limit: int = 100, seed: int = 0) -> list[dict] | None:
-    """Rows of the task's out-of-domain dataset with the task's column names (None when it has none here)."""
-    import random
+    """The task's out-of-domain rows (input columns only) through `zoo.data.load_ood_rows`, the loader evaluation
+    uses; None when the task names none or its data is not in the local data folder (no Hub look-up here)."""
+    from zoo.data import DataMissing, load_ood_rows
 
-    root = data_dir_from_env(data_dir)
-    if not spec.ood or root is None:
+    if not spec.ood or data_dir_from_env(data_dir) is None:
         return None
-    path = root / spec.ood["dataset"] / f"{spec.ood.get('split', 'test')}.jsonl"
-    if not path.is_file():
+    try:
+        rows = load_ood_rows(spec, data_dir, limit=limit, seed=seed)
+    except DataMissing:
         return None
-    rows = read_jsonl(path)
-    rows = random.Random(seed).sample(rows, min(limit, len(rows)))
-    mapping = {c: spec.ood.get("columns", {}).get(c, c) for c in spec.input_columns}
-    missing = [src for src in mapping.values() if src not in rows[0]]
-    if missing:
-        raise ZooError(f"task {spec.name}: out-of-domain data {path} lacks column(s) {missing}; fix the task's ood.columns")
-    return [{c: _text(row[src]) for c, src in mapping.items()} for row in rows]
-
-
-def _text(value) -> str:
-    """SciTLDR keeps an abstract as a list of sentences: join them."""
-    return " ".join(s.strip() for s in value) if isinstance(value, list) else str(value)
+    return [{c: str(row[c]) for c in spec.input_columns} for row in rows]
 
 
 def eval_sets(specs: list, data_dir=None, n: int = 100, seed: int = 1) -> dict[str, tuple[list[str], list[str]]]:

@@ -16,6 +16,7 @@ from zoo.serving.attention import SERVING, use_phase
 from zoo.serving.dense import use_dense_weights
 from zoo.adapter_config import linear_dims
 from zoo.errors import ZooError, printable
+from zoo.fsutil import check_name
 from zoo.serving.lora_serving import use_serving_forwards
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo, adapter_problems
@@ -55,9 +56,9 @@ class Runtime:
         return sorted(self.model.peft_config) if self.model is not None else []
 
     def available(self) -> list[str]:
-        """Adapters of the zoo that are healthy, trained on this base and shaped for it."""
-        entries = self.zoo.entries()
-        return [n for n in self.zoo.healthy() if entries[n].base.hash in (None, self.loaded.ref.hash)
+        """Adapters of the zoo that are healthy, trained on this base and shaped for it (one look at each
+        adapter's files: `adapter_problems` with the base's dims is `Zoo.healthy()`'s check and more)."""
+        return [n for n, e in sorted(self.zoo.entries().items()) if e.base.hash in (None, self.loaded.ref.hash)
                 and not adapter_problems(n, self.zoo.adapter_dir(n), self.base_dims)]
 
     def load_adapter(self, name: str) -> None:
@@ -65,22 +66,28 @@ class Runtime:
             if name in self.adapters:
                 return
             self.zoo.require_healthy(name, self.loaded.ref, self.base_dims)
-            path = str(self.zoo.adapter_dir(name))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if self.model is None:
-                    from peft import PeftModel
+            self._attach(name, self.zoo.adapter_dir(name))
 
-                    self.model = PeftModel.from_pretrained(self.loaded.model, path, adapter_name=name,
-                                                           is_trainable=False, autocast_adapter_dtype=False,
-                                                           low_cpu_mem_usage=True)
-                else:  # low_cpu_mem_usage: the saved tensors become the weights (no random init, then a copy)
-                    self.model.load_adapter(path, adapter_name=name, is_trainable=False,
-                                            autocast_adapter_dtype=False, low_cpu_mem_usage=True)
-            self._cast_adapter(name)
-            self._share_identity_dropout(name)
-            use_serving_forwards(self.model)  # fewer tensor ops per LoRA layer (zoo.serving.lora_serving)
-            self.model.eval()
+    def _attach(self, name: str, folder) -> None:
+        """Load a checked PEFT folder as adapter `name` (the first one wraps the base in a PeftModel)."""
+        options = dict(adapter_name=name, is_trainable=False, autocast_adapter_dtype=False,
+                       low_cpu_mem_usage=True)  # the saved tensors become the weights: no random init, then a copy
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.model is None:
+                from peft import PeftModel
+
+                self.model = PeftModel.from_pretrained(self.loaded.model, str(folder), **options)
+            else:
+                self.model.load_adapter(str(folder), **options)
+        self._serve(name)
+
+    def _serve(self, name: str) -> None:
+        """Make a freshly added adapter (loaded or blended) serve like the others."""
+        self._cast_adapter(name)
+        self._share_identity_dropout(name)
+        use_serving_forwards(self.model)  # fewer tensor ops per LoRA layer (zoo.serving.lora_serving)
+        self.model.eval()
 
     def _cast_adapter(self, name: str) -> None:
         """Keep a served adapter in the compute dtype: bf16 halves what each adapter adds to memory (ten
@@ -121,33 +128,23 @@ class Runtime:
         checks it). Yields its name; deletes it on exit, after errors too. The lock is held to add and delete it."""
         from contextlib import contextmanager
         from pathlib import Path
-        from zoo.fsutil import check_name
-        from zoo.store import adapter_problems
 
         if (folder is None) == (blend is None):
             raise ZooError("a temporary adapter comes from a folder or from a blend: give exactly one")
         if check_name(name, "adapter name") in self.adapters or name in self.zoo.entries():
             raise ZooError(f"an adapter named {name!r} exists already; give the temporary one another name")
-        if folder is not None and (bad := adapter_problems(name, Path(folder))):
+        if folder is not None and (bad := adapter_problems(name, Path(folder), self.base_dims)):
             raise ZooError(f"cannot load {folder}: {bad[0]}")
 
         def add() -> None:
-            options = dict(adapter_name=name, is_trainable=False, autocast_adapter_dtype=False)
-            if blend is not None:
-                from zoo.combine import apply_blend, plan
-                planned = plan(self.zoo, blend)[0]  # may put another parent first, as `zoo combine` does
-                for parent in planned.parents:
-                    self.load_adapter(parent)
-                apply_blend(self.model, list(planned.parents), planned, name)
-            elif self.model is None:
-                from peft import PeftModel
-                self.model = PeftModel.from_pretrained(self.loaded.model, str(folder), **options)
-            else:
-                self.model.load_adapter(str(folder), **options)
-            self._cast_adapter(name)  # served like any other adapter from here on
-            self._share_identity_dropout(name)
-            use_serving_forwards(self.model)
-            self.model.eval()
+            if blend is None:
+                return self._attach(name, folder)
+            from zoo.combine import apply_blend, plan
+            planned = plan(self.zoo, blend)[0]  # may put another parent first, as `zoo combine` does
+            for parent in planned.parents:
+                self.load_adapter(parent)
+            apply_blend(self.model, list(planned.parents), planned, name)
+            self._serve(name)  # served like any other adapter from here on
 
         @contextmanager
         def scope():
