@@ -25,6 +25,7 @@ COMMANDS = {
     "pull": ("zoo.commands.hub", "download adapters or a zoo from the Hub"),
     "demo": ("zoo.commands.demo", "start the Gradio demo"),
     "serve": ("zoo.commands.serve", "serve the zoo over an OpenAI-compatible HTTP API"),
+    "export": ("zoo.commands.export", "export adapters for vLLM / SGLang or llama.cpp"),
     "bench": ("zoo.commands.bench", "benchmark against the plain PEFT + Trainer recipe"),
 }
 
