@@ -72,8 +72,14 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
     rt = r["router"]
     assert rt["batch_prompts"] == 30 and rt["single_prompts"] == 5 and rt["p99_ms"] >= rt["p50_ms"] > 0
     assert sum(rt["routes"].values()) == 30 and rt["prompts_per_s"] > 0
+    sv = r["serve"]
+    assert sv["models"] == ["auto"] and sv["sequential"]["requests"] == sv["concurrent"]["requests"] == 3
+    assert sv["concurrency_speedup"] == pytest.approx(
+        sv["concurrent"]["tokens_per_s"] / sv["sequential"]["tokens_per_s"], rel=0.02)
+    assert r["serve_concurrency_speedup"] == sv["concurrency_speedup"] and r["serve_ttft_p95_ms"] > 0
+    assert r["serve_hol_ttft_ratio"] == sv["head_of_line"]["ratio"] > 0
     assert "errors" not in r
-    assert len(r["bars"]) == 5 and all(isinstance(b["pass"], bool) for b in r["bars"])  # 2 train + 3 ratios
+    assert len(r["bars"]) == 7 and all(isinstance(b["pass"], bool) for b in r["bars"])  # 2 train + 5 ratios
 
 
 def test_tiny_bench_table_has_a_verdict_per_bar(tiny_argv, capsys, tmp_path):

@@ -7,15 +7,22 @@ RATIO_BARS = (  # (text, result key, passes)
     ("batched eval >= 3x tokens/s of one at a time", "batched_eval_speedup", lambda v: v >= 3),
     ("mixed batch >= 0.8x single-adapter throughput", "mixed_batch_ratio", lambda v: v >= 0.8),
     ("10 adapters add < 15% RSS over 1", "rss_10_over_1", lambda v: v < 1.15),
+    ("zoo serve: 16 concurrent clients >= 3x tokens/s of one at a time", "serve_concurrency_speedup",
+     lambda v: v >= 3),
+    ("zoo serve: short requests' p95 time to first token with 4 long ones running <= 2x alone",
+     "serve_hol_ttft_ratio", lambda v: v <= 2),
 )
 
 
 def headline(result: dict) -> dict:
-    """The four ratios the bars are about, at the top level of the result."""
-    inf, mem = result.get("inference", {}), result.get("memory", {})
+    """The ratios the bars are about, at the top level of the result."""
+    inf, mem, serve = result.get("inference", {}), result.get("memory", {}), result.get("serve", {})
     return {"train_speedup": {t: r["speedup"] for t, r in result.get("train", {}).items()},
             "batched_eval_speedup": inf.get("batched_eval_speedup"),
-            "mixed_batch_ratio": inf.get("mixed_batch_ratio"), "rss_10_over_1": mem.get("rss_10_over_1")}
+            "mixed_batch_ratio": inf.get("mixed_batch_ratio"), "rss_10_over_1": mem.get("rss_10_over_1"),
+            "serve_concurrency_speedup": serve.get("concurrency_speedup"),
+            "serve_ttft_p95_ms": serve.get("concurrent", {}).get("ttft_p95_ms"),
+            "serve_hol_ttft_ratio": serve.get("head_of_line", {}).get("ratio")}
 
 
 def train_bar(task: str, t: dict) -> dict:

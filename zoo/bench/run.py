@@ -13,6 +13,7 @@ from zoo.bench.adapters import prepare_adapters
 from zoo.bench.bars import bars, headline
 from zoo.bench.config import SECTIONS, BenchConfig
 from zoo.bench.measure import machine_info, progress
+from zoo.bench.serve import bench_serve
 from zoo.errors import ZooError
 
 
@@ -68,7 +69,7 @@ def run_sections(cfg: BenchConfig, user_zoo, work, device: str, result: dict) ->
         result["train"] = {}
         with section(result, "train"):
             sections.bench_training(cfg, work.root, device, result["train"])
-    total = cfg.adapters_total if want & {"inference", "memory"} else 0  # scoring needs only the trained
+    total = cfg.adapters_total if want & {"inference", "memory"} else 3 if "serve" in want else 0
     adapters = prepare_adapters(work, user_zoo, load_base(cfg.base, device=device), total)
     result["adapters"] = {k: v for k, v in adapters.items() if k != "order"}
     if result.get("train") or "inference" in want:
@@ -79,6 +80,15 @@ def run_sections(cfg: BenchConfig, user_zoo, work, device: str, result: dict) ->
     if "router" in want:
         with section(result, "router"):
             result["router"] = sections.bench_router(cfg, user_zoo, work)
+    if "serve" in want:
+        with section(result, "serve"):
+            result["serve"] = bench_serve(serving_zoo(user_zoo, work), cfg.base, cfg.serve_clients,
+                                          cfg.serve_max_tokens)
+
+
+def serving_zoo(user_zoo, work):
+    """The user's zoo when it has healthy adapters (served read-only, with its router), else the work zoo."""
+    return user_zoo if user_zoo is not None and user_zoo.manifest_path.exists() and user_zoo.healthy() else work
 
 
 def run_on_runtime(cfg: BenchConfig, work, device: str, adapters: list[str], result: dict) -> None:

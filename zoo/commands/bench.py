@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None, help="base model (default: the embedded smollm2-135m)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--only", default=None, help="comma list of sections: train,inference,memory,router")
+    p.add_argument("--only", default=None, help="comma list of sections: train,inference,memory,router,serve")
     p.add_argument("--tasks", default=None, help="comma list of tasks to train (default: sentiment,qa)")
     p.add_argument("--train-examples", type=count(1), default=None, help="examples per recipe per task")
     p.add_argument("--eval-n", type=count(1), default=None, help="validation rows scored per trained adapter")
@@ -77,7 +77,7 @@ def render(r: dict) -> str:
     lines = [f"zoo bench ({r['mode']}) on {m['cpu']}, {m['cores']} cores, {m['device']} {m['compute_dtype']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v), ""]
     lines += _train_lines(r.get("train", {})) + _inference_lines(r.get("inference"))
-    lines += _memory_lines(r.get("memory")) + _router_lines(r.get("router"))
+    lines += _memory_lines(r.get("memory")) + _router_lines(r.get("router")) + _serve_lines(r.get("serve"))
     a = r.get("adapters", {})
     lines.append(f"adapters used: {len(a.get('from_zoo', []))} from the zoo, {len(a.get('trained_here', []))} "
                  f"trained here, {len(a.get('random', []))} random (task-default LoRA shape)")
@@ -150,3 +150,18 @@ def _router_lines(rt: dict | None) -> list[str]:
     return ["router", f"  {rt['router']}",
             f"  one prompt per call: p50 {rt['p50_ms']} ms, p99 {rt['p99_ms']} ms; batch of {rt['batch_prompts']}: "
             f"{rt['prompts_per_s']} prompts/s", ""]
+
+
+def _serve_lines(sv: dict | None) -> list[str]:
+    if not sv:
+        return []
+    lines = ["zoo serve", f"  {sv['concurrent']['requests']} clients over {', '.join(sv['models'])}, <= "
+                          f"{sv['max_tokens']} tokens each (same answers {sv['same_answers']})"]
+    for name in ("sequential", "concurrent"):
+        x = sv[name]
+        lines.append(f"  {name:<10} {x['tokens_per_s']} tok/s; latency p50 {x['latency_p50_ms']} / p95 "
+                     f"{x['latency_p95_ms']} ms; first token p50 {x['ttft_p50_ms']} / p95 {x['ttft_p95_ms']} ms")
+    hol = sv["head_of_line"]
+    lines.append(f"  -> {sv['concurrency_speedup']}x; short requests' first token p95 with 4 long ones running "
+                 f"{hol['loaded_ttft_p95_ms']} ms vs alone {hol['alone_ttft_p95_ms']} ms -> {hol['ratio']}x")
+    return lines + [""]
