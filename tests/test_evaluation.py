@@ -240,3 +240,35 @@ def test_a_missing_out_of_domain_set_is_reported_not_fatal(evaluated, tmp_path):
     assert "not scored: no test.jsonl" in md and "OOD base" not in md
     card = build_card(entry("sent", "sentiment", metrics={"eval": skipped}), get_task("sentiment"), "bob/s").text
     assert "not scored" in card and str(tmp_path) not in card  # a local path never reaches a published card
+
+
+def test_a_later_eval_reads_the_base_answers_back_and_regenerates_what_changed(evaluated, tiny_base_dir, data_dir):
+    """A new `zoo eval` (the in-process cache emptied) reads the base's answers from the zoo's cache: same scores,
+    no base generation; other prompts (another seed) or a damaged cache file are generated again."""
+    import zoo.evaluation as evaluation
+    from zoo.serving.runtime import NONE, Runtime
+
+    zoo, result = evaluated
+    spec = replace(get_task("sentiment"), max_new_tokens=2)
+    kept = sorted((zoo.root / ".cache" / "base-answers").glob("*.json"))
+    assert len(kept) == 2  # in domain and out of domain
+    systems = []
+    real_run = evaluation.run_outputs
+
+    def counted(runtime, spec, rows, adapter, batch_size=16):
+        systems.append(adapter)
+        return real_run(runtime, spec, rows, adapter, batch_size)
+
+    evaluation._BASE_CACHE.clear()
+    kept[0].write_text('{"outputs": ["only one"], "seconds": 1}')  # damaged: ignored, generated again
+    evaluation.run_outputs = counted
+    try:
+        with Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+            again = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
+            assert systems.count(NONE) == 1
+            evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=6)
+    finally:
+        evaluation.run_outputs = real_run
+    assert again["base"] == result["base"] and again["ood"]["base"] == result["ood"]["base"]
+    assert systems.count(NONE) == 3  # the new seed's two samples
+    assert len(list((zoo.root / ".cache" / "base-answers").glob("*.json"))) == 4

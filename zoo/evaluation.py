@@ -40,23 +40,70 @@ def score_outputs(spec, outputs: list[str], rows: list[dict]) -> dict:
 
 def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int = 16) -> dict:
     """One system's answers on a sample: outputs, time, scores and the per-example scores behind the intervals."""
+    outputs, seconds = run_outputs(runtime, spec, rows, adapter, batch_size)
+    return {**score_answers(spec, outputs, rows), "seconds": seconds}
+
+
+def score_answers(spec, outputs: list[str], rows: list[dict]) -> dict:
     from zoo.metrics import example_scores
 
-    outputs, seconds = run_outputs(runtime, spec, rows, adapter, batch_size)
     references = [spec.references(r) for r in rows]
-    return {"outputs": outputs, "seconds": seconds, "scores": score_outputs(spec, outputs, rows),
+    return {"outputs": outputs, "scores": score_outputs(spec, outputs, rows),
             "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}
 
 
 def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int = 16) -> dict:
-    """The base's run on a sample; cached, since every adapter of a task is compared with the same one. The key
-    holds what changes the base's answers: base, task, sample (data set, split, seed), n, prompt template and
-    lengths."""
-    key = (runtime.loaded.ref.hash, spec.name, *sample, len(rows), spec.templates[0], spec.max_new_tokens,
-           spec.train.max_seq_len)
+    """The base's run on a sample, kept: every adapter of a task is compared with the same one, and a later
+    `zoo eval` on the same base, prompts and settings reads the answers back from the zoo's cache instead of
+    generating them again (they are re-scored each time, so a metric's fix applies to them)."""
+    ids = prompt_ids(runtime, spec, rows)
+    key = answers_key(runtime, spec, ids)
     if key not in _BASE_CACHE:
-        _BASE_CACHE[key] = scored_run(runtime, spec, rows, NONE, batch_size)
+        kept = read_kept_answers(runtime.zoo, key, len(rows))
+        if kept is None:
+            _BASE_CACHE[key] = scored_run(runtime, spec, rows, NONE, batch_size)
+            keep_answers(runtime.zoo, key, _BASE_CACHE[key])
+        else:
+            _BASE_CACHE[key] = {**score_answers(spec, kept["outputs"], rows), "seconds": kept["seconds"],
+                                "kept": True}
     return _BASE_CACHE[key]
+
+
+def answers_key(runtime: Runtime, spec, ids: list[list[int]]) -> str:
+    """What the base's greedy answers depend on: base weights and how they are computed, prompts, answer length."""
+    import hashlib
+    import json
+
+    import torch
+
+    loaded = runtime.loaded
+    facts = [loaded.ref.hash, loaded.quantized, str(loaded.compute_dtype), loaded.device, torch.__version__,
+             spec.max_new_tokens, ids]
+    return hashlib.sha256(json.dumps(facts, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def read_kept_answers(zoo, key: str, n: int) -> dict | None:
+    """Answers an earlier run kept, if whole (anything else is ignored and generated again)."""
+    import json
+
+    try:
+        kept = json.loads((zoo.root / ".cache" / "base-answers" / f"{key}.json").read_text())
+        outputs, seconds = kept["outputs"], float(kept["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (isinstance(outputs, list) and len(outputs) == n and all(isinstance(o, str) for o in outputs)):
+        return None
+    return {"outputs": outputs, "seconds": seconds}
+
+
+def keep_answers(zoo, key: str, run: dict) -> None:
+    from zoo.fsutil import atomic_write_json
+
+    try:
+        atomic_write_json(zoo.root / ".cache" / "base-answers" / f"{key}.json",
+                          {"outputs": run["outputs"], "seconds": run["seconds"]})
+    except OSError:  # a read-only zoo: the answers are only kept in this process
+        pass
 
 
 def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], seed: int, batch_size: int = 16):

@@ -1,0 +1,51 @@
+"""Training to a time budget: the duration syntax, the plan and its schedule, and a real run on a tiny model that
+ends within 15% of its budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from zoo.budget import BudgetPlan, parse_duration, pool_size
+from zoo.errors import ZooError
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("5m", 300), ("1h30m", 5400), ("1.5h", 5400),
+                                           (" 2m 30s ", 150), (45, 45)])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "five minutes", "5 min", "-3m", "0s", "8d", "1e9", "3m;rm"])
+def test_a_bad_duration_is_a_clear_error(text):
+    with pytest.raises(ZooError, match="time budget"):
+        parse_duration(text)
+
+
+def test_the_plan_follows_the_measured_step_time():
+    """One second a step against a 10 s budget: ten steps planned, stop before the step that would overrun; a
+    pool smaller than the budget caps the plan."""
+    plan = BudgetPlan(seconds=10, max_steps=1000, warmup_ratio=0.1, started=0.0)
+    stops = [plan.replan(step, now=float(step)) for step in range(1, 11)]
+    assert plan.total == 10 and stops == [False] * 9 + [True]
+    small = BudgetPlan(seconds=10, max_steps=4, warmup_ratio=0.0, started=0.0)
+    assert small.replan(1, 1.0) is False and small.total == 4
+    assert small.replan(4, 4.0) is True  # the data ran out first
+    slowing = BudgetPlan(seconds=10, max_steps=1000, warmup_ratio=0.0, started=0.0)
+    slowing.replan(2, 1.0)
+    slowing.replan(4, 8.0)  # two seconds a step from now on: the plan shrinks
+    assert slowing.history == [20, 5]
+
+
+def test_the_schedule_warms_up_then_ends_at_zero_on_the_planned_step():
+    plan = BudgetPlan(seconds=60, max_steps=100, warmup_ratio=0.1, total=50)
+    factors = [plan.lr_factor(s) for s in range(51)]
+    assert factors[0] < factors[4] < factors[5] == pytest.approx(1.0)  # 5 warm-up steps
+    assert all(a >= b for a, b in zip(factors[5:], factors[6:]))
+    assert factors[50] == pytest.approx(0.0, abs=1e-9)
+    assert plan.lr_factor(30) == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 45)))
+
+
+def test_a_budget_draws_a_pool_far_above_a_cpu_rate():
+    assert pool_size(300, None) == 9600 and pool_size(300, 500) == 500 and pool_size(1, None) == 64
