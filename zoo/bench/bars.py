@@ -22,7 +22,8 @@ def headline(result: dict) -> dict:
             "mixed_batch_ratio": inf.get("mixed_batch_ratio"), "rss_10_over_1": mem.get("rss_10_over_1"),
             "serve_concurrency_speedup": serve.get("concurrency_speedup"),
             "serve_ttft_p95_ms": serve.get("concurrent", {}).get("ttft_p95_ms"),
-            "serve_hol_ttft_ratio": serve.get("head_of_line", {}).get("ratio")}
+            "serve_hol_ttft_ratio": serve.get("head_of_line", {}).get("ratio"),
+            "serve_vs_vllm_tokens_ratio": serve.get("vs_vllm", {}).get("tokens_ratio")}
 
 
 def train_bar(task: str, t: dict) -> dict:
@@ -40,6 +41,11 @@ def bars(result: dict) -> list[dict]:
     for text, key, passes in RATIO_BARS:
         if result.get(key) is not None:
             out.append({"bar": text, "value": f"{result[key]}x", "pass": bool(passes(result[key]))})
+    vs = result.get("serve", {}).get("vs_vllm", {})
+    if "tokens_ratio" in vs:
+        out.append({"bar": "zoo serve vs vLLM, same requests: >= 1.5x tokens/s and a lower p95 time to first token",
+                    "value": f"{vs['tokens_ratio']}x tokens/s, {vs['ttft_p95_ratio']}x TTFT p95",
+                    "pass": vs["tokens_ratio"] >= 1.5 and vs["ttft_p95_ratio"] < 1})
     for name, error in result.get("errors", {}).items():
         out.append({"bar": f"section {name} ran", "value": error, "pass": False})
     if result["mode"] == "quick":

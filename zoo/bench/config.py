@@ -36,6 +36,7 @@ class BenchConfig:
     router_fit: tuple[tuple[str, object], ...] = ()  # extra `fit_router` arguments (tiny runs: a small fit)
     serve_clients: int = 16  # concurrent clients of `zoo serve` (and of another engine, side by side)
     serve_max_tokens: int = 48
+    vllm_clients: int = 32  # concurrent summarization requests on zoo serve and on vLLM, side by side; 0: skip
     repeats: int = 1  # timed generation runs (best kept)
     reference_same_dtype: bool = False  # also train the reference in our compute dtype when they differ
     isolate: bool = True  # measured jobs in fresh processes; False (tests only) mixes their peaks
@@ -47,7 +48,7 @@ PRESETS = {
                         router_single=500, repeats=3, reference_same_dtype=True),
     "tiny": BenchConfig(mode="tiny", train_examples=8, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
                         mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5,
-                        serve_clients=3, serve_max_tokens=3,
+                        serve_clients=3, serve_max_tokens=3, vllm_clients=0,
                         router_fit=(("rows_per_task", 12), ("features", "ngrams"), ("n_features", 2**12))),
 }
 

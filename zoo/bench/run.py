@@ -13,6 +13,7 @@ from zoo.bench.adapters import prepare_adapters
 from zoo.bench.bars import bars, headline
 from zoo.bench.config import SECTIONS, BenchConfig
 from zoo.bench.measure import machine_info, progress
+from zoo.bench.engines import bench_vs_vllm
 from zoo.bench.serve import bench_serve
 from zoo.errors import ZooError
 
@@ -84,6 +85,10 @@ def run_sections(cfg: BenchConfig, user_zoo, work, device: str, result: dict) ->
         with section(result, "serve"):
             result["serve"] = bench_serve(serving_zoo(user_zoo, work), cfg.base, cfg.serve_clients,
                                           cfg.serve_max_tokens)
+        with section(result, "serve_vs_vllm"):
+            result["serve"]["vs_vllm"] = {"skipped": "vllm_clients is 0"} if not cfg.vllm_clients else \
+                bench_vs_vllm(serving_zoo(user_zoo, work), cfg.base, cfg.data_dir, cfg.vllm_clients,
+                              cfg.serve_max_tokens)
 
 
 def serving_zoo(user_zoo, work):

@@ -164,4 +164,16 @@ def _serve_lines(sv: dict | None) -> list[str]:
     hol = sv["head_of_line"]
     lines.append(f"  -> {sv['concurrency_speedup']}x; short requests' first token p95 with 4 long ones running "
                  f"{hol['loaded_ttft_p95_ms']} ms vs alone {hol['alone_ttft_p95_ms']} ms -> {hol['ratio']}x")
-    return lines + [""]
+    return lines + _vllm_lines(sv.get("vs_vllm") or {}) + [""]
+
+
+def _vllm_lines(vs: dict) -> list[str]:
+    if "skipped" in vs or not vs:
+        return [f"  vs vLLM: not run ({vs.get('skipped', 'section failed')})"]
+    lines = [f"  vs vLLM: {vs['requests']} concurrent {vs['adapter']} requests, <= {vs['max_tokens']} tokens"]
+    for engine in ("zoo_serve", "vllm"):
+        x = vs[engine]
+        score = ", ".join(f"{k} {v:.3g}" for k, v in x["scores"].items())
+        lines.append(f"    {engine:<9} {x['tokens_per_s']} tok/s; first token p95 {x['ttft_p95_ms']} ms; latency "
+                     f"p95 {x['latency_p95_ms']} ms; {score}")
+    return lines + [f"    -> {vs['tokens_ratio']}x tokens/s, {vs['ttft_p95_ratio']}x time to first token p95"]
