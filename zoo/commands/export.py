@@ -17,6 +17,22 @@ def configure(p: argparse.ArgumentParser) -> None:
         e.add_argument("--all", action="store_true", help="every healthy adapter (broken ones are named and skipped)")
         e.add_argument("--out", required=True, help="output folder")
         e.add_argument("--zoo", default=argparse.SUPPRESS, help="zoo folder (default: $ZOO_DIR or ./zoo-out)")
+        if engine == "vllm":
+            configure_vllm(e)
+        if engine == "gguf":
+            from zoo.export.gguf import add_options
+
+            add_options(e)
+
+
+def configure_vllm(e: argparse.ArgumentParser) -> None:
+    from zoo.export.rules import MAX_LORA_RANKS
+
+    e.add_argument("--max-lora-rank", type=int, choices=MAX_LORA_RANKS, default=None, metavar="R",
+                   help="vLLM's --max-lora-rank, one of " + ", ".join(map(str, MAX_LORA_RANKS)) +
+                        " (default: the smallest that holds every exported adapter); adapters above it are refused")
+    e.add_argument("--base-id", default=None, metavar="ORG/NAME",
+                   help="the base's Hub id, when it was trained from a local folder that does not record one")
 
 
 def export_names(zoo, args) -> list[str]:

@@ -1,0 +1,189 @@
+"""`zoo export gguf`: llama.cpp LoRA adapter GGUFs read back with `gguf` and checked against the embedded base's own
+Q4_1 GGUF (keys, tensor names, shapes, the q/k row order), against llama.cpp's own converter when its source is
+cached, and loaded by llama.cpp itself when llama-cpp-python is built (`make llama-check` builds both)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import make_adapter
+from zoo.cli import main
+from zoo.export.gguf import gguf_base, permute_rows, read_base_gguf
+from zoo.store import Zoo
+
+gguf = pytest.importorskip("gguf")
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+READ_BY_LLAMA_CPP = ("general.architecture", "general.type", "adapter.type", "adapter.lora.alpha")
+
+
+def fields(path: Path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def tensors(path: Path) -> dict:
+    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def export(zoo_root: Path, out: Path, *extra: str) -> int:
+    return main(["export", "gguf", "--all", "--out", str(out), "--zoo", str(zoo_root), *extra])
+
+
+@pytest.fixture(scope="module")
+def real_zoo(tmp_path_factory, embedded_base_dir) -> Path:
+    """Random adapters on the embedded base: `sentiment` in the built-in task's shape (r=16, alpha 32, all linear
+    modules of the top 20 layers), `rs` a small rsLoRA one."""
+    root = tmp_path_factory.mktemp("gguf-zoo") / "zoo"
+    zoo = Zoo(root)
+    make_adapter(zoo, embedded_base_dir, "sentiment", "sentiment", 0, r=16, lora_alpha=32,
+                 target_modules=ALL_LINEAR, layers_to_transform=list(range(10, 30)))
+    make_adapter(zoo, embedded_base_dir, "rs", "qa", 1, r=4, lora_alpha=8, use_rslora=True,
+                 target_modules=["q_proj", "k_proj", "v_proj"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(real_zoo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gguf-out") / "export"
+    assert export(real_zoo, out) == 0
+    return out
+
+
+def test_adapter_gguf_has_llama_cpps_keys_and_fits_the_base_gguf(exported):
+    from tasks import get_task
+
+    path = exported / "adapters" / "sentiment.gguf"
+    kv = fields(path)
+    assert (kv["general.architecture"], kv["general.type"], kv["adapter.type"]) == ("llama", "adapter", "lora")
+    assert kv["adapter.lora.alpha"] == 32.0
+    assert kv["adapter.lora.task_name"] == "sentiment"
+    assert kv["adapter.lora.prompt_prefix"] == get_task("sentiment").templates[0]
+    _, base = read_base_gguf(gguf_base(None).gguf)
+    got = tensors(path)
+    assert len(got) == 2 * len(ALL_LINEAR) * 20
+    for name, t in got.items():
+        target, part = name.rsplit(".", 1)
+        ne = list(base[target])
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        assert [int(x) for x in t.shape] == ([ne[0], 16] if part == "lora_a" else [16, ne[1]]), name
+    assert {n.split(".")[1] for n in got} == {str(i) for i in range(10, 30)}
+
+
+def test_qk_rows_follow_the_base_gguf_and_the_delta_is_the_peft_delta(exported, real_zoo, embedded_base_dir):
+    """The base GGUF's q/k weights are the safetensors' rows permuted (llama.cpp's rotary layout): the exported
+    lora_b must be permuted the same way, and B @ A must be PEFT's delta (in that row order)."""
+    from safetensors.torch import load_file
+
+    from zoo.export.gguf import GgufBase
+
+    base = gguf_base(None)
+    weights = load_file(Path(embedded_base_dir) / "model.safetensors")
+    base_tensors = tensors(base.gguf)
+    adapter = load_file(Path(real_zoo) / "adapters" / "sentiment" / "adapter_model.safetensors")
+    got = tensors(exported / "adapters" / "sentiment.gguf")
+    for proj, kind, heads in (("q_proj", "attn_q", base.n_head), ("k_proj", "attn_k", base.n_kv_head),
+                              ("v_proj", "attn_v", None)):
+        hf = weights[f"model.layers.29.self_attn.{proj}.weight"].numpy()
+        t = base_tensors[f"blk.29.{kind}.weight"]
+        in_gguf = gguf.quants.dequantize(t.data, t.tensor_type).reshape(hf.shape)
+        permuted = permute_rows(hf, heads) if heads else hf
+        assert np.abs(in_gguf - permuted).max() < 1e-6
+        if heads:
+            assert np.abs(in_gguf - hf).max() > 0.01  # the permutation is not the identity here
+        key = f"base_model.model.model.layers.29.self_attn.{proj}"
+        delta = (adapter[key + ".lora_B.weight"] @ adapter[key + ".lora_A.weight"]).numpy()
+        a, b = (np.asarray(got[f"blk.29.{kind}.weight.lora_{x}"].data) for x in "ab")
+        assert np.allclose(b @ a, permute_rows(delta, heads) if heads else delta, atol=1e-5)
+    assert isinstance(base, GgufBase) and (base.n_head, base.n_kv_head) == (9, 3)
+
+
+def test_rslora_alpha_and_f16_tensors(real_zoo, tmp_path):
+    """llama.cpp scales by alpha / r; an rsLoRA adapter (alpha / sqrt(r)) gets the alpha that gives its scale."""
+    out = tmp_path / "f16"
+    assert export(real_zoo, out, "--outtype", "f16") == 0
+    kv = fields(out / "adapters" / "rs.gguf")
+    assert math.isclose(kv["adapter.lora.alpha"] / 4, 8 / math.sqrt(4), rel_tol=1e-6)
+    assert {t.tensor_type for t in tensors(out / "adapters" / "rs.gguf").values()} == {gguf.GGMLQuantizationType.F16}
+
+
+def test_routes_and_launch_script_give_each_adapter_its_lora_id(exported):
+    routes = json.loads((exported / "routes.json").read_text())
+    assert routes["engine"] == "llama-server" and routes["base"]["gguf"] == str(gguf_base(None).gguf)
+    ids = {n: a["lora_id"] for n, a in routes["adapters"].items()}
+    assert sorted(ids.values()) == list(range(len(ids)))
+    script = (exported / "launch_llama_server.sh").read_text()
+    order = [line for line in script.split() if line.startswith("adapters/")]
+    assert order == [routes["adapters"][n]["path"] for n in sorted(ids, key=ids.get)]
+    assert "--lora-init-without-apply" in script and routes["routes"]["none"] is None
+    assert subprocess.run(["bash", "-n", str(exported / "launch_llama_server.sh")]).returncode == 0
+
+
+def test_same_as_llama_cpps_own_converter(real_zoo, exported, embedded_base_dir, tmp_path):
+    from zoo.export.llama_check import converter_dir
+
+    source = converter_dir()
+    if source is None:
+        pytest.skip("llama.cpp's convert_lora_to_gguf.py is not cached (`make llama-check` downloads its source)")
+    ref = tmp_path / "reference.gguf"
+    done = subprocess.run([sys.executable, str(source / "convert_lora_to_gguf.py"), "--base", str(embedded_base_dir),
+                           "--outfile", str(ref), str(Path(real_zoo) / "adapters" / "sentiment")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-800:]
+    ours, theirs = tensors(exported / "adapters" / "sentiment.gguf"), tensors(ref)
+    assert set(ours) == set(theirs)
+    for name, t in theirs.items():
+        assert (ours[name].tensor_type, list(ours[name].shape)) == (t.tensor_type, list(t.shape)), name
+        assert np.array_equal(np.asarray(ours[name].data), np.asarray(t.data)), name
+    mine, reference = fields(exported / "adapters" / "sentiment.gguf"), fields(ref)
+    assert {k: mine[k] for k in READ_BY_LLAMA_CPP} == {k: reference[k] for k in READ_BY_LLAMA_CPP}
+
+
+def test_llama_cpp_itself_loads_the_adapter_and_it_changes_the_answer(exported):
+    from zoo.export.llama_check import venv_ready, venv_python
+    from zoo.export.llama_parity import llama_answers
+
+    if not venv_ready():
+        pytest.skip("llama-cpp-python is not built here (`make llama-check` builds and caches it)")
+    from transformers import AutoTokenizer
+
+    from zoo.base import resolve_base
+    from zoo.prompting import chat_ids
+
+    base = gguf_base(None)
+    tok = AutoTokenizer.from_pretrained(resolve_base("smollm2-135m").path)
+    prompts = [chat_ids(tok, "Is this review positive or negative? A warm, funny film.")]
+    with_adapter, _ = llama_answers(venv_python(), base.gguf, exported / "adapters" / "sentiment.gguf", prompts, 4, [])
+    without, _ = llama_answers(venv_python(), base.gguf, None, prompts, 4, [])
+    assert len(with_adapter[0]) == 4 and with_adapter != without
+
+
+def test_bad_base_gguf_and_foreign_out_folder_are_refused(real_zoo, exported, tmp_path, capsys):
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"not a gguf at all")
+    assert export(real_zoo, tmp_path / "a", "--base-gguf", str(not_gguf)) == 2
+    assert "not a readable model GGUF" in capsys.readouterr().err
+    assert export(real_zoo, tmp_path / "b", "--base-gguf", str(exported / "adapters" / "rs.gguf")) == 2
+    assert "not a model" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert export(real_zoo, mine) == 2
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
+def test_adapter_that_does_not_fit_the_base_gguf_is_refused(tmp_path, tiny_base_dir, capsys):
+    """A tiny Llama's adapter against the embedded base's GGUF: refused before llama.cpp would be."""
+    zoo = Zoo(tmp_path / "zoo")
+    make_adapter(zoo, tiny_base_dir, "tiny", "qa", 0)
+    gguf_file = gguf_base(None).gguf
+    assert export(zoo.root, tmp_path / "out", "--base-gguf", str(gguf_file)) == 2
+    assert "does not fit the base GGUF" in capsys.readouterr().err
+    assert export(zoo.root, tmp_path / "out2") == 0  # no GGUF known for a local base: written, unchecked
+    assert json.loads((tmp_path / "out2" / "routes.json").read_text())["base"]["gguf"] is None

@@ -1,0 +1,125 @@
+"""llama.cpp (base Q4_1 GGUF + exported adapter GGUF) vs the project's runtime (NF4 base + PEFT adapter) on the same
+prompt token ids: top-1 agreement on the first answer token, identical greedy answers, each side's task score.
+Used by `zoo.export.llama_check`; llama.cpp runs in `zoo.export.llama_worker` in the llama venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+WORKER = Path(__file__).with_name("llama_worker.py")
+
+
+@dataclass
+class Parity:
+    """One adapter's comparison (shares are in [0, 1])."""
+
+    adapter: str
+    task: str
+    n: int
+    top1: float  # first answer token: llama.cpp + adapter == runtime + adapter
+    same_answers: float  # whole greedy answers identical (decoded text)
+    control_top1: float  # llama.cpp WITHOUT the adapter == runtime + adapter: what agreement owes to the adapter
+    metric: str
+    score_peft: float
+    score_llama: float
+    seconds_peft: float
+    seconds_llama: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def llama_answers(python: Path, model: Path, lora: Path | None, prompts: list[list[int]], new_tokens: int,
+                  eos: list[int], timeout: float = 1800) -> tuple[list[list[int]], float]:
+    """Greedy answer token ids from llama.cpp for each prompt (a worker process in the llama venv)."""
+    job = {"model": str(model), "lora": str(lora) if lora else None, "threads": os.cpu_count() or 2, "eos": eos,
+           "jobs": [{"ids": ids, "max_new_tokens": new_tokens} for ids in prompts]}
+    done = subprocess.run([str(python), str(WORKER)], input=json.dumps(job), capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode:
+        raise ZooError(f"llama.cpp worker failed: {done.stderr.strip()[-600:]}")
+    result = json.loads(done.stdout)
+    return result["answers"], result["seconds"]
+
+
+def peft_first_tokens(runtime, name: str, prompts: list[list[int]]) -> list[int]:
+    """Top-1 next token after each prompt with the adapter active (one prompt per forward: no padding)."""
+    import torch
+
+    def first(model, extra, ids):
+        return int(model(input_ids=torch.tensor([ids], device=runtime.loaded.device)).logits[0, -1].argmax())
+
+    runtime.load_adapter(name)
+    with runtime.lock, torch.inference_mode():
+        return [runtime.with_adapters([name], lambda m, e, ids=ids: first(m, e, ids)) for ids in prompts]
+
+
+def compare_adapter(runtime, python: Path, export_dir: Path, name: str, n: int, data_dir=None) -> Parity:
+    """The comparison for one exported adapter, on `n` validation rows of its task (the eval sample)."""
+    from tasks import spec_for_adapter
+    from zoo.evaluation import eval_rows, prompt_ids, score_outputs
+
+    routes = json.loads((export_dir / "routes.json").read_text())
+    spec = spec_for_adapter(runtime.zoo, name)
+    rows = eval_rows(spec, n, data_dir)
+    prompts = prompt_ids(runtime, spec, rows)
+    tok = runtime.tokenizer
+    t0 = time.perf_counter()
+    first = peft_first_tokens(runtime, name, prompts)
+    peft = runtime.generate_ids(prompts, name, spec.max_new_tokens, batch_size=8, progress=f"{name}: PEFT")
+    seconds_peft = time.perf_counter() - t0
+    base, lora = Path(routes["base"]["gguf"]), export_dir / routes["adapters"][name]["path"]
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    answers, seconds_llama = llama_answers(python, base, lora, prompts, spec.max_new_tokens, eos)
+    control, _ = llama_answers(python, base, None, prompts, 1, eos)
+    llama = [tok.decode(a, skip_special_tokens=True) for a in answers]
+    share = lambda hits: sum(hits) / len(rows)  # noqa: E731
+    return Parity(
+        name, spec.name, len(rows),
+        top1=share([bool(a) and a[0] == f for a, f in zip(answers, first)]),
+        same_answers=share([x.strip() == y.strip() for x, y in zip(peft, llama)]),
+        control_top1=share([bool(c) and c[0] == f for c, f in zip(control, first)]),
+        metric=spec.primary_metric,
+        score_peft=float(score_outputs(spec, peft, rows)[spec.primary_metric]),
+        score_llama=float(score_outputs(spec, llama, rows)[spec.primary_metric]),
+        seconds_peft=seconds_peft, seconds_llama=seconds_llama)
+
+
+def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
+    from zoo.serving.runtime import Runtime
+
+    routes = json.loads((export_dir / "routes.json").read_text())
+    with Runtime(zoo) as runtime:
+        return [compare_adapter(runtime, python, export_dir, name, n, data_dir) for name in routes["adapters"]]
+
+
+# the report ----------------------------------------------------------------------------------------------------------
+def table(results: list[Parity]) -> str:
+    lines = ["| adapter (task) | n | top-1 first token | same greedy answer | control: llama.cpp without adapter | "
+             "score PEFT / llama.cpp | seconds PEFT / llama.cpp |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | {r.control_top1:.1%} | "
+                     f"{r.metric} {r.score_peft:.3g} / {r.score_llama:.3g} | {r.seconds_peft:.1f} / "
+                     f"{r.seconds_llama:.1f} |")
+    return "\n".join(lines)
+
+
+def write_docs(docs: Path, results: list[Parity], context: dict, begin: str, end: str) -> None:
+    """Replace the block between the markers in docs/llamacpp.md (the prose around it stays as written)."""
+    from zoo.fsutil import atomic_write_text
+
+    facts = "; ".join(f"{k}: {v}" for k, v in context.items())
+    block = f"{begin}\n{table(results)}\n\n{facts}\n{end}"
+    text = docs.read_text() if docs.is_file() else "# llama.cpp\n\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(docs, text)
