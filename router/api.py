@@ -20,7 +20,7 @@ from zoo.fsutil import atomic_write_bytes, atomic_write_json, replace_dir
 from zoo.store import PICKLE_SUFFIXES, now_iso
 
 FORMAT = "adapter-zoo-router"
-VERSION = 2  # 2: temperature, six shape features
+VERSION = 3  # 2: temperature, six shape features; 3: the embedding reads the request outside the pasted input
 META_FILE = "router.json"
 WEIGHTS_FILE = "router.safetensors"
 RETRAIN = "run `zoo route --train` to fit it again"

@@ -22,6 +22,12 @@ _SEGMENT = re.compile(r"\n+|(?<=[.!?:;])\s+")
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]+")
 # a chat line: a speaker label of one to three words ("Bob", "Mr. Lee", "Anna says") then ':', '-', '>' or a dash
 _TURN = re.compile(r"^\W{0,2}[\w.'#]+(?: [\w.'#]+){0,2}\W{0,2}\s*(?::|-|>|\u2014|\u2013)+\s", re.MULTILINE)
+INPUT_MARK = "\u00a7"  # stands for a pasted input (a quoted span, a run of chat turns) in `request_ends`
+_PAIRS = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("\u00ab", "\u00bb"), ("`", "`"),
+          ("(", ")"), ("[", "]"), ("<", ">"), ("{", "}"), ("*", "*"), ("=", "="))
+# a quoted span of 40 characters or more in any pair of marks, doubled marks too (<< ... >>, three quotes)
+_QUOTED = re.compile("|".join(f"{re.escape(a)}+[^{re.escape(b)}]{{40,}}?{re.escape(b)}+" if a != b else
+                              f"(?<!\\w){re.escape(a)}+.{{40,}}?{re.escape(b)}+(?!\\w)" for a, b in _PAIRS), re.S)
 
 
 def clip(text: str, head: int, tail: int) -> str:
@@ -34,6 +40,33 @@ def clip(text: str, head: int, tail: int) -> str:
 def ends(text: str, chars: int) -> tuple[str, str]:
     """The first and the last sentence or line (at most `chars` characters each): where a request sits."""
     parts = [p for p in _SEGMENT.split(text.strip()) if p.strip()] or [text]
+    return parts[0][:chars], parts[-1][-chars:]
+
+
+def mask_inputs(text: str) -> str:
+    """The prompt with its pasted inputs replaced by `INPUT_MARK`: long quoted spans, and each run of two or
+    more chat turns (whatever the speakers are called). What is left is mostly the request."""
+    text = _QUOTED.sub(f" {INPUT_MARK} ", text)
+    lines = text.split("\n")
+    turns = [bool(m) and bool(line[m.end():].strip()) for m, line in ((_TURN.match(x + " "), x) for x in lines)]
+    if sum(turns) < 2:
+        return text
+    out: list[str] = []
+    for line, turn in zip(lines, turns):
+        if not turn:
+            out.append(line)
+        elif not out or out[-1] != INPUT_MARK:
+            out.append(INPUT_MARK)
+    return "\n".join(out)
+
+
+def request_ends(text: str, chars: int) -> tuple[str, str]:
+    """The first and last sentence outside the pasted inputs (`mask_inputs`): the request's own words, wherever
+    it sits. A bare input (nothing outside it) gives its own first and last sentence."""
+    parts = [p.replace(INPUT_MARK, " ").strip() for p in _SEGMENT.split(mask_inputs(text).strip())]
+    parts = [p for p in parts if p]
+    if not parts:
+        return ends(text, chars)
     return parts[0][:chars], parts[-1][-chars:]
 
 
@@ -165,8 +198,9 @@ def forget_embeddings() -> None:
 
 
 def embed_features(texts: list[str], chars: int) -> np.ndarray:
-    """[embedding of the first segment, embedding of the last segment]: the request, with the passage
-    mostly left out, and short inputs keep MiniLM fast."""
+    """[embedding of the request's first sentence, of its last]: `request_ends` leaves the pasted input out,
+    so the embedding carries what is asked (a chat's last turn or a quoted review's end used to stand in for
+    it), and short inputs keep MiniLM fast."""
     embed = Embedder.get()
-    firsts, lasts = zip(*(ends(t, chars) for t in texts)) if texts else ((), ())
+    firsts, lasts = zip(*(request_ends(t, chars) for t in texts)) if texts else ((), ())
     return np.hstack([embed(list(firsts)), embed(list(lasts))])

@@ -25,6 +25,11 @@ REQUESTS: dict[str, tuple[str, ...]] = {
         "Kindly indicate whether this review is favourable or unfavourable.", "is this a happy or an angry review",
         "How does the reviewer feel about it?", "Sentiment?", "Would you call this review positive?",
         "Did the person enjoy it?", "Identify the emotional polarity of the statement.",
+        "Does the reviewer love it or hate it?", "Happy or disappointed?", "Would you call the tone warm or harsh?",
+        "Did the writer have a good experience?", "positive, negative?", "Is this a compliment or a criticism?",
+        "Detect the polarity of this review.", "Score the sentiment: positive or negative.", "liked it or not??",
+        "Are they thrilled or fed up?", "Does this sound like a fan or a hater?", "Emotional tone?",
+        "I need to know if this opinion is glowing or critical.", "Was the experience good or bad, in one word?",
     ),
     "summarization": (
         "Summarize the conversation.", "Write a short summary of this dialogue.", "Sum it up in one sentence.",
@@ -33,7 +38,13 @@ REQUESTS: dict[str, tuple[str, ...]] = {
         "Briefly describe what the speakers discuss.", "Can you summarize what was said?",
         "I would appreciate a concise summary of the discussion.", "what's this chat about? keep it short",
         "Write a third-person summary.", "Shorten this conversation to its main point.",
-        "Explain in a sentence what happened between them.",
+        "Explain in a sentence what happened between them.", "What are the main points of this discussion?",
+        "Give me the key takeaways from the conversation.", "Write an abstract of this chat.", "main idea?",
+        "Short overview of what was discussed, please.", "What did they agree on? Keep it brief.",
+        "What did each side want, and how did it end? One sentence.", "Give the essence of this conversation.",
+        "Digest this discussion into a single line.", "Explain the conversation to a friend who missed it.",
+        "in short, what's going on in this chat?", "Describe this chat in twenty words or fewer.",
+        "pls sum up", "What's the main takeaway?", "Report the discussion in a few words.",
     ),
 }
 QA_ASKS: tuple[str, ...] = (
@@ -41,22 +52,29 @@ QA_ASKS: tuple[str, ...] = (
     "Using the passage, {ask_lc}", "According to the text, {ask_lc}", "Can you tell me {ask_lc}",
     "Please answer the following question based on the passage: {ask}", "so {ask_lc}", "question - {ask}",
     "Based on that, {ask_lc}", "I want to know: {ask}", "Answer in a few words: {ask}",
+    "Answer from the context above: {ask}", "{ask} Use the info provided.", "Look it up in the text: {ask}",
+    "The text should tell you {ask_lc}", "Reading comprehension: {ask}", "Q. {ask}", "quick q about this - {ask_lc}",
+    "After reading it, {ask_lc}", "{ask} The answer is in there somewhere.", "Tell me, from the information: {ask}",
 )
 INTROS: tuple[str, ...] = (
     "", "", "Text:", "Passage:", "Here's the text:", "Input:", "Check this out:", "Below is the text.",
     "The text reads as follows:", "So I read this:", "From an article:", "Source:", "Context:", "Review:",
     "Dialogue:", "Conversation:", "Chat log:", "This is what I have:", "Look at this:", "I found this online.",
+    "Article:", "Story:", "Here it is:", "Copied from a website:", "Email:", "Message:", "My text:", "Original:",
+    "The following:", "Info:", "Quote:", "Extract:", "See below.", "Pasted below:", "Have a look:", "Chat:",
 )
 OUTROS: tuple[str, ...] = ("Thanks!", "thx", "Thank you in advance.", "Be brief.", "Keep it short please.",
                            "Appreciate it!", "One line is enough.", "No explanation needed.")
 LEADS: tuple[str, ...] = ("Hi!", "Hello,", "hey", "Quick one.", "I need some help.", "Good morning.",
-                          "Dear assistant,", "ok so")
+                          "Dear assistant,", "ok so", "Task:", "Instruction:", "Request:", "Can you help?",
+                          "Hi there, one thing.", "Please:")
 QUOTES: tuple[tuple[str, str], ...] = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("```\n", "\n```"),
-                                       ("<<", ">>"), ("(", ")"))
+                                       ("<<", ">>"), ("(", ")"), ('"""', '"""'), ("`", "`"), ("{", "}"),
+                                       ("***\n", "\n***"), ("<text>", "</text>"), ("==\n", "\n=="))
 NAMES: tuple[str, ...] = ("Maria", "John", "A", "B", "Mr. Smith", "Dr. Lee", "Customer", "Agent", "Tom",
                           "Anna", "USER1", "user2", "Speaker 1", "Speaker 2", "Mom", "Dad", "Jake", "Priya",
                           "Wei", "Carlos", "Ms. Green", "Receptionist", "Guest", "Teacher", "Student", "Sam")
-SPEAKER_SEPS: tuple[str, ...] = (": ", ": ", " - ", " > ", ":: ")
+SPEAKER_SEPS: tuple[str, ...] = (": ", ": ", " - ", " > ", ":: ", "] ", " wrote: ", " | ", " >> ", ":\t")
 # requests no adapter serves, put to the same kinds of input: the text alone never decides the route
 OTHER_JOBS: tuple[str, ...] = (
     "Translate this into French.", "Translate the text to German.", "Fix the grammar and spelling.",
@@ -68,6 +86,13 @@ OTHER_JOBS: tuple[str, ...] = (
     "Make this sound more exciting.", "Write a social media post based on this.", "Translate it to Japanese.",
     "Correct any errors in this text.", "Turn it into a song chorus.", "Rewrite this in British English.",
     "Write the next line of this.", "What is the longest word in this?", "Reply to this as the store manager.",
+    "Extract all dates and numbers mentioned.", "Turn this into a quiz question.", "Make it rhyme.",
+    "Rewrite it from the other person's point of view.", "Write a funny ending for it.", "Translate this into Korean.",
+    "Continue the dialogue for two more lines.", "Mark all adjectives in bold.", "Check it for offensive words.",
+    "Turn this into a job advert.", "Spell-check this.", "Rewrite with simpler words.", "Translate to Russian pls",
+    "Count the letter e.", "Encode it in pig latin.", "Write a rebuttal to this.",
+    "Turn this into a screenplay scene.", "Convert it into a numbered list of facts.", "Make it sound angrier.",
+    "Write two questions a teacher might ask about it.", "Replace the names with X.", "Write it backwards.",
 )
 
 

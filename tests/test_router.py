@@ -19,7 +19,7 @@ from zoo.errors import ZooError
 from zoo.store import Zoo
 
 TASK_OF = {"sst": "sentiment", "squad": "qa", "dsum": "summarization"}
-FAST = dict(rows_per_task=12, features="ngrams")  # no embedding model: a fit in about a second
+FAST = dict(rows_per_task=24, features="ngrams")  # no embedding model: a fit in a second or two
 
 
 def make_zoo(path, entries=TASK_OF) -> Zoo:
@@ -57,7 +57,7 @@ def test_fit_route_save_load_round_trip(fitted):
     assert list(router.classes_) == [NONE, "qa", "sentiment", "summarization"]
     assert sorted(p.name for p in zoo.router_dir.iterdir()) == ["router.json", "router.safetensors"]
     meta = json.loads((zoo.router_dir / "router.json").read_text())
-    assert meta["version"] == 2 and meta["tasks"] == ["qa", "sentiment", "summarization"]
+    assert meta["version"] == 3 and meta["tasks"] == ["qa", "sentiment", "summarization"]
     routed = router.route(PROMPTS)
     assert [r["route"] for r in routed] == ["sentiment", NONE, "summarization", "qa"]
     for r in routed:
@@ -172,6 +172,18 @@ def test_the_two_generators_are_written_apart(data_dir):
     rows = {s.name: split_rows(s, data_dir, 40)[0] for s in specs}
     training = "\n".join(p for s in specs for p in phrasings.varied_prompts(s, rows[s.name], 0) + list(s.templates))
     assert not [f for f in frames if f in training]
+
+
+def test_the_embedding_reads_the_request_not_the_pasted_input():
+    """Quoted spans and runs of chat turns are left out of what MiniLM embeds; a bare input is embedded itself."""
+    from router.features import ends, request_ends
+
+    assert request_ends("Read: 'The bakery opens at 7 am and closes at 3 pm on weekdays.' When does it close?",
+                        160) == ("Read:", "When does it close?")
+    chat = "Ann: are we still on for lunch?\nMark: yes, 12:30\nAnn: great"
+    assert request_ends(f"Turn this into a poem:\n{chat}", 160) == ("Turn this into a poem:",) * 2
+    assert request_ends(f"{chat}\n\nSummary:", 160) == ("Summary:", "Summary:")
+    assert request_ends(chat, 160) == ends(chat, 160)
 
 
 def test_mix_features_round_trip(zoo_dir):
@@ -312,12 +324,12 @@ def real_router(data_dir):
 
 # Issue 21's targets not reached yet (docs/router.md): strict, so a fix that makes one pass says so
 SHORT_OF_TARGET = {"short quoted context, 'Here is a paragraph'", "'Read:' then the question",
-                   "'Given this background:'", "casual register with typos"}
+                   "'Given this background:'"}
 
 
 @pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(
-    strict=True, reason="issue 21: short contexts framed without markers still go to none")) if k in SHORT_OF_TARGET
-    else k for k in FRAMINGS])
+    strict=True, reason="issue 21: a sentence or two of context then a question still goes to none "
+    "(an open question, for the router)")) if k in SHORT_OF_TARGET else k for k in FRAMINGS])
 def test_each_framing_routes_right(real_router, kind):
     _, router = real_router
     prompts, gold = zip(*FRAMINGS[kind])
@@ -365,10 +377,15 @@ def test_a_task_file_task_joins_as_a_new_route(topic_refit):
                           "Tom: Then we need a taxi at 4."])[0] == "topic"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a topic route takes 8 points of summarization (docs/router.md)")
-def test_a_new_task_keeps_earlier_routes_within_a_point(topic_refit):
-    _, report = topic_refit
+def test_a_new_task_keeps_earlier_routes_within_a_point(topic_refit, real_router):
+    """The earlier routes keep their weights: no prompt moves between them, and the new route takes at most a
+    point of any earlier route's held-out prompts."""
+    after, report = topic_refit
+    _, before = real_router
     assert report["largest_drop"] <= 0.01, report["per_route"]
+    kept = [i for i, c in enumerate(after.classes_) if c != "topic"]
+    np.testing.assert_array_equal(after.coef_[kept], before.coef_)
+    assert after.temperature_ == before.temperature_ and after.threshold == before.threshold
 
 
 # calibration and routing regret, on synthetic numbers and the tiny model ---------------------------------------

@@ -20,8 +20,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="store_true", help="fit the router for the zoo's tasks and save it in the zoo")
     p.add_argument("--tasks", nargs="+", default=None, help="with --train: fit for these tasks instead")
     p.add_argument("--add-task", default=None, metavar="TASK",
-                   help="refit the saved router with one more task (a name or a task file) and report how much "
-                        "the earlier routes moved")
+                   help="add one more task (a name or a task file) to the saved router: the earlier routes keep "
+                        "their weights, only the new route is fit; reports how much the earlier routes moved")
     p.add_argument("--rows", type=count(1), default=300,
                    help="with --train: training rows sampled per task (default 300)")
     p.add_argument("--features", choices=("mix", "ngrams", "minilm"), default=None,
