@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zoo.base import unwrap_peft
+from zoo.distributed import ddp
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json
 from zoo.manifest import BaseInfo, Entry
@@ -147,7 +148,7 @@ def make_trainer(model, examples, args_kwargs: dict, collator: PackedCollator, c
         loss_is_scaled_for_ga = False  # answer_loss is a per-batch mean: the Trainer divides by accumulation
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss = answer_loss(model, inputs)
+            loss = ddp.loss_through(model, inputs, answer_loss)  # DDP's forward when data-parallel
             return (loss, None) if return_outputs else loss
 
     args = TrainingArguments(remove_unused_columns=False, report_to="none", include_num_input_tokens_seen="all",
@@ -193,9 +194,10 @@ def checkpointing_args(on: bool) -> dict:
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    """The newest whole checkpoint: the Trainer writes trainer_state.json last, so one without it was cut short
+    by a kill during the save (checkpoints are not written atomically) and is passed over."""
+    whole = [d for d in run_dir.glob("checkpoint-*") if d.name[11:].isdigit() and (d / "trainer_state.json").is_file()]
+    return str(max(whole, key=lambda d: int(d.name[11:]))) if whole else None
 
 
 def total_steps(train, n_examples: int) -> int:
@@ -226,20 +228,24 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
     `callbacks` go to the Trainer (the bench's step timer)."""
     import torch
 
-    with zoo.name_lock(name or spec.name):
+    with ddp.main_holds(zoo.name_lock(name or spec.name)):  # data-parallel: the main process writes
         run = setup_run(zoo, spec, loaded, name or spec.name, data_dir, resume)
         with loaded.lock:
             model = attach_adapter(loaded.model, spec.lora, run.name)
             try:
                 stats, log = run_trainer(model, run, loaded, callbacks)
-                staged = stage_adapter(zoo, model, run, stats, log)
+                staged = ddp.on_main(stage_adapter, zoo, model, run, stats, log)
             finally:
                 model.unload()  # give the shared base back without LoRA layers
                 torch.set_grad_enabled(True)
         entry = adapter_entry(run, loaded, stats, log)
-        zoo.install(staged, entry)
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+        ddp.on_main(_install, zoo, staged, entry, run.run_dir)
     return entry
+
+
+def _install(zoo, staged: Path, entry: Entry, run_dir: Path) -> None:
+    zoo.install(staged, entry)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingRun:
@@ -252,7 +258,7 @@ def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingR
     run_dir = zoo.run_dir(name)
     settings = {"task": spec.name, "base": loaded.ref.hash, "lora": asdict(spec.lora), "train": asdict(train),
                 "quantized": loaded.quantized}
-    checkpoint = _prepare_run_dir(run_dir, settings, resume)
+    checkpoint = ddp.on_main(_prepare_run_dir, run_dir, settings, resume)
     rows = load_rows(spec, spec.train_split, data_dir, limit=train.max_examples, seed=train.seed)
     examples = build_examples(spec, loaded.tokenizer, rows, train.max_seq_len, train.seed)
     set_seed(train.seed)
@@ -266,7 +272,7 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     from zoo.serving.attention import TRAINING, in_phase
 
     train, spec = run.spec.train, run.spec
-    args = training_args(train, run.run_dir, loaded.device, loaded.compute_dtype)
+    args = ddp.per_process_args(training_args(train, run.run_dir, loaded.device, loaded.compute_dtype))
     steps = total_steps(train, len(run.examples))
     args["warmup_steps"] = int(steps * train.warmup_ratio)
     args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
@@ -337,6 +343,6 @@ def save_adapter(model, name: str, folder: Path) -> None:
 def _throughput(trainer, collator: PackedCollator, seconds: float) -> dict:
     """Real (unpadded) examples and tokens processed in this session, per second of training."""
     steps = trainer.state.global_step
-    ex, tok = collator.examples_seen, collator.tokens_seen
+    ex, tok = ddp.total(collator.examples_seen, collator.tokens_seen)  # every process's share
     return {"seconds": round(seconds, 1), "steps": steps, "examples": ex, "tokens": tok,
             "examples_per_s": round(ex / seconds, 3), "tokens_per_s": round(tok / seconds, 1)}

@@ -23,6 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=16,
                    help="prompts generated together (default 16)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    from zoo.distributed.ray_jobs import add_ray_flags
+
+    add_ray_flags(p.add_argument_group("scaling out (docs/distributed.md)"), "evaluate each adapter")
 
 
 def run(args) -> int:
@@ -36,9 +39,29 @@ def run(args) -> int:
         raise ZooError(f"no adapters to evaluate in {zoo.root}; train some with `zoo train TASK`")
     for name in names:
         zoo.get(name)
+    if args.ray is not None:
+        return on_ray(zoo, names, args)
     if args.tasks:
         return cross_task(zoo, names, args)
     return per_task(zoo, names, args)
+
+
+def on_ray(zoo, names, args) -> int:
+    """Each adapter on its own task as one Ray task; reports and metrics land here as each finishes."""
+    from zoo.distributed.ray_eval import eval_on_ray
+    from zoo.distributed.ray_jobs import options_from
+
+    if args.tasks or args.router:
+        raise ZooError("--ray evaluates adapters on their own tasks; drop --tasks/--router or --ray")
+    results, failed = eval_on_ray(zoo, names, args.n, args.seed, args.data_dir, args.batch_size, options_from(args))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    elif results:
+        print_table(results)
+    if failed:
+        raise ZooError(f"{len(failed)} of {len(names)} evaluations failed on Ray ({', '.join(sorted(failed))}; "
+                       "errors above)")
+    return 0
 
 
 def router_report(zoo, args) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, fields, replace
 
+from zoo.distributed import ddp
 from zoo.errors import ZooError
 
 # a field's flag is --field-name, unless named here (the first name is the one --help lists first)
@@ -30,11 +31,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--no-router", action="store_true", help="do not refresh the router afterwards")
+    add_scaling_flags(p)
     for (section, title), cls in zip(SECTIONS, (LoraSettings, TrainSettings)):
         group = p.add_argument_group(f"{title} settings ({cls.__name__} in tasks/spec.py)",
                                      "defaults: the dataclass's, unless the task sets its own (named after it)")
         for f in fields(cls):
             add_setting_flag(group, section, f)
+
+
+def add_scaling_flags(p: argparse.ArgumentParser) -> None:
+    """Training elsewhere: many tasks over a Ray cluster, or one adapter data-parallel (docs/distributed.md)."""
+    from zoo.cli import count
+    from zoo.distributed.ray_jobs import add_ray_flags
+
+    group = p.add_argument_group("scaling out (docs/distributed.md)")
+    add_ray_flags(group, "train each task")
+    group.add_argument("--processes", type=count(1, 1024), default=None, metavar="N",
+                       help="train each adapter data-parallel in N processes (accelerate launch: DDP, one device "
+                            "each; the effective batch stays batch size x accumulation)")
 
 
 def add_setting_flag(group, section: str, f) -> None:
@@ -135,14 +149,45 @@ def run(args) -> int:
         load_rows(spec, spec.train_split, args.data_dir, limit=1)
     zoo = Zoo(args.zoo)
     base = args.base or _zoo_base(zoo)
-    loaded = load_base(base, quant=not args.no_quant)
+    if args.processes is not None or args.ray is not None:
+        return scale_out(args, zoo, specs, base)
+    loaded = load_base(base, quant=not args.no_quant, device=ddp.device())
     for spec in specs:
         entry = train_adapter(zoo, spec, loaded, name=args.name, data_dir=args.data_dir, resume=args.resume)
-        tp = entry.throughput
-        print(f"[zoo] {entry.name}: {tp['examples']} examples in {tp['seconds']} s "
-              f"({tp['examples_per_s']} examples/s, {tp['tokens_per_s']} tokens/s), final loss {entry.final_loss}")
-    if not args.no_router:
+        if ddp.is_main():
+            print_trained(entry)
+    if not args.no_router and ddp.is_main():
         refresh_router(zoo, args.data_dir)
+    return 0
+
+
+def print_trained(entry) -> None:
+    tp = entry.throughput
+    print(f"[zoo] {entry.name}: {tp['examples']} examples in {tp['seconds']} s "
+          f"({tp['examples_per_s']} examples/s, {tp['tokens_per_s']} tokens/s), final loss {entry.final_loss}")
+
+
+def scale_out(args, zoo, specs, base) -> int:
+    """`--processes N` relaunches this command data-parallel; `--ray` trains every task as a Ray task."""
+    from zoo.distributed.ray_jobs import options_from
+    from zoo.distributed.ray_train import train_on_ray
+
+    if args.processes is not None and args.ray is not None:
+        raise ZooError("--ray and --processes do not combine: Ray runs one task per adapter, --processes one "
+                       "adapter on several devices")
+    if args.processes is not None:
+        return ddp.relaunch(args.processes)
+    if args.resume:
+        raise ZooError("--resume continues a local run; a Ray task starts each adapter afresh (drop --resume)")
+    names = [args.name or spec.name for spec in specs]
+    landed, failed = train_on_ray(zoo, specs, names, base, not args.no_quant, args.data_dir, options_from(args))
+    for entry in landed:
+        print_trained(entry)
+    if landed and not args.no_router:
+        refresh_router(zoo, args.data_dir)
+    if failed:
+        raise ZooError(f"{len(failed)} of {len(specs)} tasks failed on Ray ({', '.join(sorted(failed))}; errors "
+                       f"above); {len(landed)} adapter(s) installed")
     return 0
 
 
