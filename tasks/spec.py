@@ -61,6 +61,9 @@ class TrainSettings:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = field(default=0, metadata={"help": "seed for sampling, shuffling and init"})
+    time_budget: str | None = field(default=None, metadata={
+        "help": "train for this long (90s, 5m, 1h30m): steps, examples and the schedule are planned from the "
+                "measured step time"})
 
     def __post_init__(self):
         if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1 or self.epochs <= 0:
@@ -73,6 +76,10 @@ class TrainSettings:
             raise ZooError(f"warmup_ratio must be at least 0 and below 1 (got {self.warmup_ratio})")
         if self.seed < 0:
             raise ZooError(f"seed must be at least 0 (got {self.seed})")
+        if self.time_budget is not None:
+            from zoo.budget import parse_duration
+
+            parse_duration(self.time_budget)  # a clear error now, not after the model is loaded
         if self.optimizer not in OPTIMIZERS:
             raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

@@ -49,3 +49,24 @@ def test_the_schedule_warms_up_then_ends_at_zero_on_the_planned_step():
 
 def test_a_budget_draws_a_pool_far_above_a_cpu_rate():
     assert pool_size(300, None) == 9600 and pool_size(300, 500) == 500 and pool_size(1, None) == 64
+
+
+def test_a_budgeted_run_on_a_tiny_model_ends_within_15_percent_of_its_budget(tiny_base_dir, data_dir, tmp_path,
+                                                                            capsys):
+    """`zoo train --time-budget 8s` on the tiny model: trainer.train() takes 8 s +-15% (its steps take a few
+    milliseconds, so the data would last far longer), the schedule ends at zero on the last step, and the manifest
+    and the printed line say how far it got."""
+    from zoo.cli import main
+    from zoo.store import Zoo
+
+    zoo = Zoo(tmp_path / "zoo")
+    assert main(["train", "sentiment", "--zoo", str(zoo.root), "--base", str(tiny_base_dir), "--no-quant",
+                 "--data-dir", str(data_dir), "--no-router", "--time-budget", "8s", "--batch-size", "2",
+                 "--save-steps", "100000"]) == 0
+    entry = zoo.get("sentiment")
+    budget = entry.throughput["budget"]
+    assert budget["time_budget_s"] == 8 and budget["stopped_by"] == "budget"
+    assert 8 * 0.85 <= entry.throughput["seconds"] <= 8 * 1.15, entry.throughput
+    assert budget["steps"] == entry.throughput["steps"] >= 10 and budget["examples_trained"] == 2 * budget["steps"]
+    assert entry.train["time_budget"] == "8s"
+    assert "time budget 8 s, stopped by the budget" in capsys.readouterr().out

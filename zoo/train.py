@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zoo.base import unwrap_peft
+from zoo.budget import BudgetPlan, attach, budget_record, parse_duration, pool_size
 from zoo.distributed import ddp
 from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json
@@ -66,15 +67,18 @@ class PackedCollator:
     def __init__(self, pad_id: int = 0, row_tokens: int = 512):
         self.pad_id = pad_id
         self.row_tokens = row_tokens
-        self.examples_seen = 0  # real examples and tokens (no padding), for honest throughput numbers
-        self.tokens_seen = 0
+        self.batches: list[tuple[int, int]] = []  # (real examples, tokens) per batch made, for throughput
+
+    def trained(self, batches: int) -> tuple[int, int]:
+        """Examples and tokens (no padding) in the first `batches` batches: the data loader makes one batch ahead,
+        which a run stopped early (a budget, max_steps) never trains on."""
+        return sum(b[0] for b in self.batches[:batches]), sum(b[1] for b in self.batches[:batches])
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         lengths = [len(f["input_ids"]) for f in features]
-        self.examples_seen += len(lengths)
-        self.tokens_seen += sum(lengths)
+        self.batches.append((len(lengths), sum(lengths)))
         groups = pack_rows(lengths, max(self.row_tokens, max(lengths)))
         width = max(sum(lengths[i] for i in g) for g in groups)
         ids, pos, rows, cols, targets = [], [], [], [], []
@@ -146,8 +150,10 @@ def make_trainer(model, examples, args_kwargs: dict, collator: PackedCollator, c
 
     class PackedTrainer(Trainer):
         loss_is_scaled_for_ga = False  # answer_loss is a per-batch mean: the Trainer divides by accumulation
+        batches_trained = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self.batches_trained += 1
             loss = ddp.loss_through(model, inputs, answer_loss)  # DDP's forward when data-parallel
             return (loss, None) if return_outputs else loss
 
@@ -259,7 +265,9 @@ def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingR
     settings = {"task": spec.name, "base": loaded.ref.hash, "lora": asdict(spec.lora), "train": asdict(train),
                 "quantized": loaded.quantized}
     checkpoint = ddp.on_main(_prepare_run_dir, run_dir, settings, resume)
-    rows = load_rows(spec, spec.train_split, data_dir, limit=train.max_examples, seed=train.seed)
+    limit = pool_size(parse_duration(train.time_budget), train.max_examples) if train.time_budget else \
+        train.max_examples
+    rows = load_rows(spec, spec.train_split, data_dir, limit=limit, seed=train.seed)
     examples = build_examples(spec, loaded.tokenizer, rows, train.max_seq_len, train.seed)
     set_seed(train.seed)
     return TrainingRun(name, spec, run_dir, settings, checkpoint, examples,
@@ -278,12 +286,18 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
     collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
     trainer = make_trainer(model, run.examples, args, collator, callbacks)
-    print(f"[zoo] training {run.name!r} ({spec.name}): {len(run.examples)} examples, {run.tokens} tokens, "
-          f"LoRA r={spec.lora.r} on {spec.lora.layers or 'all'} layers", flush=True)
+    plan = BudgetPlan(parse_duration(train.time_budget), steps, train.warmup_ratio) if train.time_budget else None
+    if plan:
+        attach(trainer, plan)
+    print(f"[zoo] training {run.name!r} ({spec.name}): {len(run.examples)} examples{' at most' if plan else ''}, "
+          f"{run.tokens} tokens, LoRA r={spec.lora.r} on {spec.lora.layers or 'all'} layers"
+          + (f", within {plan.seconds:g} s" if plan else ""), flush=True)
     t0 = time.perf_counter()
     with in_phase(loaded.model, TRAINING):
         trainer.train(resume_from_checkpoint=run.checkpoint)
     stats = _throughput(trainer, collator, time.perf_counter() - t0)
+    if plan:
+        stats["budget"] = budget_record(plan, trainer.state.global_step, stats["examples"], stats["seconds"])
     return stats, [h for h in trainer.state.log_history if "loss" in h]
 
 
@@ -343,6 +357,6 @@ def save_adapter(model, name: str, folder: Path) -> None:
 def _throughput(trainer, collator: PackedCollator, seconds: float) -> dict:
     """Real (unpadded) examples and tokens processed in this session, per second of training."""
     steps = trainer.state.global_step
-    ex, tok = ddp.total(collator.examples_seen, collator.tokens_seen)  # every process's share
+    ex, tok = ddp.total(*collator.trained(trainer.batches_trained))  # every process's share
     return {"seconds": round(seconds, 1), "steps": steps, "examples": ex, "tokens": tok,
             "examples_per_s": round(ex / seconds, 3), "tokens_per_s": round(tok / seconds, 1)}

@@ -16,7 +16,8 @@ from zoo.errors import ZooError
 # a field's flag is --field-name, unless named here (the first name is the one --help lists first)
 FLAG_NAMES = {"r": ("--rank", "-r"), "learning_rate": ("--lr", "--learning-rate"), "target_modules": ("--targets",),
               "use_dora": ("--dora",)}
-NONE_MEANS = {"layers": "all", "max_examples": "all", "max_steps": "none: epochs decide"}
+NONE_MEANS = {"layers": "all", "max_examples": "all", "max_steps": "none: epochs decide",
+              "time_budget": "none: examples and epochs decide"}
 SECTIONS = (("lora", "LoRA"), ("train", "training"))
 
 
@@ -104,7 +105,7 @@ def parse_layers(text: str):
 
 
 PARSERS = {"target_modules": parse_targets, "layers": parse_layers}
-METAVARS = {"target_modules": "PRESET|a,b", "layers": "N|all"}
+METAVARS = {"target_modules": "PRESET|a,b", "layers": "N|all", "time_budget": "DURATION"}
 
 
 def overrides(args) -> dict[str, dict]:
@@ -163,7 +164,9 @@ def run(args) -> int:
 
 def print_trained(entry) -> None:
     tp = entry.throughput
-    print(f"[zoo] {entry.name}: {tp['examples']} examples in {tp['seconds']} s "
+    budget = tp.get("budget")
+    within = f" (time budget {budget['time_budget_s']:g} s, stopped by the {budget['stopped_by']})" if budget else ""
+    print(f"[zoo] {entry.name}: {tp['examples']} examples in {tp['seconds']} s{within} "
           f"({tp['examples_per_s']} examples/s, {tp['tokens_per_s']} tokens/s), final loss {entry.final_loss}")
 
 
