@@ -67,6 +67,7 @@ vllm-check: install vllm-venv
 llama-check: install
 	$(BIN)/python -m zoo.export.llama_check
 	$(BIN)/python -m pytest -q tests/test_export_gguf.py
+	ZOO_ENGINE_TESTS=1 $(BIN)/python -m pytest -q tests/test_upstream_engines.py -k llama_cpp_server
 
 clean:
 	rm -rf $(ZOO_DIR)

@@ -41,7 +41,7 @@ def served_zoo(tmp_path_factory, tiny_base_dir, data_dir) -> Zoo:
     zoo = Zoo(tmp_path_factory.mktemp("serve") / "zoo")
     for i, (name, task) in enumerate(TASK_OF.items()):
         make_adapter(zoo, tiny_base_dir, name, task, seed=i)
-    fit_router(zoo, data_dir=data_dir, rows_per_task=12, features="ngrams")
+    fit_router(zoo, data_dir=data_dir, rows_per_task=24, features="ngrams")
     return zoo
 
 

@@ -5,5 +5,6 @@
 - `scheduler.py`  the one thread that owns the model: a queue, and a batch rows join and leave at step boundaries
 - `metrics.py`    Prometheus metrics
 - `security.py`   bearer-key auth and the request-body bound
-- `app.py`        FastAPI routes only: HTTP in, scheduler calls, HTTP out
+- `app.py`        FastAPI routes only: HTTP in, backend calls, HTTP out
+- `backend.py`    what answers: the local scheduler, or (`upstream*.py`) another engine behind the router
 """

@@ -1,5 +1,5 @@
-"""The HTTP routes of `zoo serve` (FastAPI): wiring only; `serving.py` turns requests into scheduler jobs, and every
-error leaves as OpenAI's error JSON with its status, never a traceback."""
+"""The HTTP routes of `zoo serve` (FastAPI): wiring only; a backend (`backend.py`: the local scheduler, or an
+upstream engine) answers, and every error leaves as OpenAI's error JSON with its status, never a traceback."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from zoo.api import serving
+from zoo.api.backend import Backend, LocalBackend
 from zoo.api.config import ServeConfig
 from zoo.api.protocol import ApiError, ChatRequest, CompletionRequest, chat_choice, completion_choice
 from zoo.api.scheduler import Scheduler
@@ -23,70 +23,71 @@ from zoo.errors import printable
 log = logging.getLogger("zoo.serve")
 
 
-def create_app(scheduler: Scheduler, config: ServeConfig) -> FastAPI:
-    """The app; its lifespan starts the scheduler (which loads the model in the background: /health says when)."""
+def create_app(backend: Backend | Scheduler, config: ServeConfig) -> FastAPI:
+    """The app; its lifespan opens the backend (a scheduler is served locally), which loads in the background:
+    /health says when."""
+    if isinstance(backend, Scheduler):
+        backend = LocalBackend(backend, config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        scheduler.start()
+        await backend.open()
         yield
-        scheduler.stop()
+        await backend.close()
 
     app = FastAPI(title="Adapter Zoo", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    add_error_handlers(app, scheduler)
-    add_service_routes(app, scheduler)
-    app.include_router(v1_routes(scheduler, config))
+    add_error_handlers(app, backend)
+    add_service_routes(app, backend)
+    app.include_router(v1_routes(backend, config))
     return app
 
 
-def add_service_routes(app: FastAPI, scheduler: Scheduler) -> None:
+def add_service_routes(app: FastAPI, backend: Backend) -> None:
     @app.get("/health")
     async def health():
-        if scheduler.ready:
-            return {"status": "ok", "adapters": scheduler.runtime.adapters}
-        return JSONResponse({"status": "failed" if scheduler.load_failed else "loading"}, status_code=503)
+        status, body = await backend.health()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics():
-        return Response(scheduler.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(backend.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def v1_routes(scheduler: Scheduler, config: ServeConfig) -> APIRouter:
+def v1_routes(backend: Backend, config: ServeConfig) -> APIRouter:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key(config.api_key))])
     started = int(time.time())
 
     @v1.get("/models")
     async def models():
-        return serving.model_list(scheduler, started)
+        return await backend.models(started)
 
     @v1.post("/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        call = await serving.start(scheduler, config, body, "chat", body.user_text(),
-                                   body.max_completion_tokens or body.max_tokens, messages)
+        call = await backend.start(body, "chat", body.user_text(), body.max_completion_tokens or body.max_tokens,
+                                   messages)
         return await answer(call, body, "chat.completion", chat_choice, request)
 
     @v1.post("/completions")
     async def completions(body: CompletionRequest, request: Request):
-        call = await serving.start(scheduler, config, body, "completions", body.text(), body.max_tokens)
+        call = await backend.start(body, "completions", body.text(), body.max_tokens)
         return await answer(call, body, "text_completion", completion_choice, request)
 
-    async def answer(call: serving.Call, body, kind: str, choice, request: Request):
+    async def answer(call, body, kind: str, choice, request: Request):
         if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(serving.stream_answer(scheduler, call, kind, choice, usage),
-                                     media_type="text/event-stream", headers=call.headers())
-        done = await serving.whole_answer(scheduler, call, kind, choice, request)
+            return backend.stream_response(call, kind, choice,
+                                           bool(body.stream_options and body.stream_options.include_usage))
+        done = await backend.whole_answer(call, kind, choice, request)
         return JSONResponse(done.model_dump(exclude_none=True), headers=call.headers())
 
     return v1
 
 
-def add_error_handlers(app: FastAPI, scheduler: Scheduler) -> None:
+def add_error_handlers(app: FastAPI, backend: Backend) -> None:
     def reply(error: ApiError) -> JSONResponse:
-        scheduler.metrics.errors.labels(str(error.status)).inc()
+        backend.metrics.errors.labels(str(error.status)).inc()
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ApiError)

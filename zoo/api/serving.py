@@ -34,7 +34,12 @@ class Call:
     prompt_tokens: int
 
     def headers(self) -> dict[str, str]:
-        return {"x-zoo-route": json.dumps(self.route.model_dump(), separators=(",", ":"))} if self.route else {}
+        return route_headers(self.route)
+
+
+def route_headers(route: Route | None) -> dict[str, str]:
+    """`auto`'s decision as the `x-zoo-route` header (none for a model named by the client)."""
+    return {"x-zoo-route": json.dumps(route.model_dump(), separators=(",", ":"))} if route else {}
 
 
 def require_ready(scheduler: Scheduler) -> None:
@@ -51,8 +56,12 @@ def base_name(scheduler: Scheduler) -> str:
 
 def model_list(scheduler: Scheduler, created: int) -> ModelList:
     require_ready(scheduler)
-    base = base_name(scheduler)
-    names = ([AUTO] if scheduler.has_router else []) + [BASE] + scheduler.runtime.adapters
+    return model_cards(scheduler.runtime.adapters, base_name(scheduler), scheduler.has_router, created)
+
+
+def model_cards(adapters: list[str], base: str, has_router: bool, created: int) -> ModelList:
+    """`auto` (with a router), `base` and the adapters, each with the base as parent, as vLLM lists LoRAs."""
+    names = ([AUTO] if has_router else []) + [BASE] + adapters
     return ModelList(data=[ModelCard(id=n, created=created, root=base if n in (AUTO, BASE) else n,
                                      parent=None if n == BASE else base) for n in names])
 
@@ -66,19 +75,29 @@ async def resolve(scheduler: Scheduler, model: str, text: str) -> tuple[str, Rou
         return NONE, None
     if model in scheduler.runtime.adapters:
         return model, None
+    raise unknown_model(model)
+
+
+def unknown_model(model: str) -> ApiError:
     hint = "; `auto` needs a router: run `zoo route --train`" if model == AUTO else ""
-    raise ApiError(404, f"model {model!r} does not exist: GET /v1/models lists the served ones{hint}",
-                   code="model_not_found")
+    return ApiError(404, f"model {model!r} does not exist: GET /v1/models lists the served ones{hint}",
+                    code="model_not_found")
 
 
-def sampling_for(scheduler: Scheduler, config: ServeConfig, body: SamplingRequest, adapter: str,
-                 max_tokens: int | None, prompt_tokens: int) -> Sampling:
+def check_request(config: ServeConfig, body: SamplingRequest, text: str, max_tokens: int | None) -> None:
+    """What any backend refuses before it spends anything on a request."""
+    if not text.strip():
+        raise ApiError(400, "empty prompt: give some text to answer")
     if body.n != 1:
         raise ApiError(400, "only n=1 is supported: send one request per answer")
     if max_tokens is not None and max_tokens > config.max_tokens:
         raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {config.max_tokens}")
     if len(body.stops()) > 4:
         raise ApiError(400, "at most 4 stop sequences")
+
+
+def sampling_for(scheduler: Scheduler, config: ServeConfig, body: SamplingRequest, adapter: str,
+                 max_tokens: int | None, prompt_tokens: int) -> Sampling:
     runtime = scheduler.runtime
     max_tokens = max_tokens or min(runtime.default_new_tokens(adapter), config.max_tokens)
     context = runtime.context_tokens
@@ -92,8 +111,7 @@ async def start(scheduler: Scheduler, config: ServeConfig, body: SamplingRequest
                 max_tokens: int | None, messages: list[dict] | None = None) -> Call:
     """Check a request and queue it."""
     require_ready(scheduler)
-    if not text.strip():
-        raise ApiError(400, "empty prompt: give some text to answer")
+    check_request(config, body, text, max_tokens)
     adapter, route = await resolve(scheduler, body.model, text)
     ids = await run_in_threadpool(scheduler.encode, messages, None if messages else text)
     if len(ids) > config.max_prompt_tokens:

@@ -28,6 +28,8 @@ def config_from(args) -> "ServeConfig":
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}
     values["api_key"] = values["api_key"] or os.environ.get("ZOO_API_KEY") or None
+    if values["upstream"]:
+        values["upstream_key"] = values["upstream_key"] or os.environ.get("ZOO_UPSTREAM_KEY") or None
     config = ServeConfig(**values)
     config.check_exposure()
     return config
@@ -44,6 +46,8 @@ def run(args) -> int:
     from zoo.store import Zoo
 
     config = config_from(args)
+    if config.upstream:
+        return serve_upstream(args, config)
     zoo = Zoo(args.zoo)
     check_zoo(zoo)  # a missing or empty zoo fails now, not after the server started
     server: uvicorn.Server | None = None
@@ -57,4 +61,27 @@ def run(args) -> int:
     server.run()
     if scheduler.load_failed:
         raise ZooError("the model failed to load (the error is above): run `zoo doctor`")
+    return 0
+
+
+def serve_upstream(args, config) -> int:
+    """The router here, the model on another engine (zoo.api.upstream); a bad names file fails now."""
+    import uvicorn
+
+    from zoo.api.app import create_app
+    from zoo.api.upstream import UpstreamBackend
+    from zoo.api.upstream_names import load_names
+    from zoo.store import Zoo
+
+    if args.base:
+        raise ZooError("--base does not apply with --upstream: the engine there serves the base")
+    zoo = Zoo(args.zoo)
+    if not config.upstream_map and not zoo.manifest_path.exists():
+        raise ZooError(f"no zoo at {zoo.root}: give --zoo (its router and adapter names) or --upstream-map")
+    load_names(zoo, config.upstream_map, config.upstream_kind)  # a bad or mismatched names file fails now
+    backend = UpstreamBackend(zoo, config)
+    uvicorn.Server(uvicorn.Config(create_app(backend, config), host=config.host, port=config.port,
+                                  log_level="info", timeout_graceful_shutdown=5)).run()
+    if backend.load_failed:
+        raise ZooError("reading the zoo's router and names failed (the error is above): run `zoo doctor`")
     return 0

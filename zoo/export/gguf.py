@@ -12,7 +12,7 @@ The export folder::
     adapters/<name>.gguf       one LoRA adapter per zoo adapter (f32, or f16 with --outtype f16)
     merged/<name>.gguf         with --merged: the base GGUF with that adapter merged in (`zoo.export.gguf_merge`)
     routes.json                base GGUF, each adapter's llama-server lora id, route -> adapter
-    launch_llama_server.sh     llama-server -m BASE --lora a.gguf --lora b.gguf ... --lora-init-without-apply
+    launch_llama_server.sh     llama-server -m BASE --lora a.gguf,b.gguf,... --lora-init-without-apply
 """
 
 from __future__ import annotations
@@ -314,10 +314,9 @@ def routes_document(zoo, base: GgufBase, adapters: dict[str, dict]) -> dict:
 def server_args(routes: dict) -> list[str]:
     """llama-server's adapter arguments (after -m): every adapter loaded, none applied until a request asks.
     Paths are relative to the export folder."""
-    args = []
-    for info in sorted(routes["adapters"].values(), key=lambda a: a["lora_id"]):
-        args += ["--lora", info["path"]]
-    return args + ["--lora-init-without-apply"]
+    paths = [info["path"] for info in sorted(routes["adapters"].values(), key=lambda a: a["lora_id"])]
+    # one comma-separated --lora: a repeated flag keeps only its last value in current llama.cpp
+    return ["--lora", ",".join(paths), "--lora-init-without-apply"]
 
 
 def launch_script(routes: dict) -> str:
@@ -329,7 +328,8 @@ def launch_script(routes: dict) -> str:
 # (ids in routes.json; llama-server keeps an unlisted adapter's scale and reuses a prompt cache built under another
 # adapter). Or route by content in front of it:
 #   zoo serve --upstream http://127.0.0.1:$PORT --upstream-kind llama-server --zoo YOUR_ZOO
-# BASE_GGUF (the base model as GGUF), PORT (8080) and LLAMA_SERVER (the binary) can be set.
+# BASE_GGUF (the base model as GGUF), PORT (8080) and LLAMA_SERVER (the binary) can be set. On a VM that reports
+# AMX but faults on it (SIGILL while loading), add --no-repack.
 set -euo pipefail
 BASE_GGUF="${{BASE_GGUF:-{base}}}"
 if [ -z "$BASE_GGUF" ]; then echo "set BASE_GGUF to the base model's .gguf" >&2; exit 2; fi
