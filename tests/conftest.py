@@ -45,6 +45,21 @@ def tiny_base_dir(tmp_path_factory, embedded_base_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def served_zoo(tmp_path_factory, tiny_base_dir, data_dir):
+    """Three random adapters on the tiny base and a router fit on n-grams: the zoo the server tests serve
+    (read only: tests that change a zoo make their own)."""
+    from router import fit_router
+    from tests.helpers import SERVE_TASKS, make_adapter
+    from zoo.store import Zoo
+
+    zoo = Zoo(tmp_path_factory.mktemp("served") / "zoo")
+    for i, (name, task) in enumerate(SERVE_TASKS.items()):
+        make_adapter(zoo, tiny_base_dir, name, task, seed=i)
+    fit_router(zoo, data_dir=data_dir, rows_per_task=24, features="ngrams")
+    return zoo
+
+
 @pytest.fixture
 def zoo_dir(tmp_path) -> Path:
     return tmp_path / "zoo"

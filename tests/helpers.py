@@ -42,3 +42,13 @@ def entry(name: str, task: str = "qa", kind: str = "trained", **fields) -> Entry
     """A minimal manifest entry (no adapter files behind it unless the test writes them)."""
     return Entry(name=name, task=task, kind=kind, base=fields.pop("base", BaseInfo()), lora=fields.pop("lora", {}),
                  path=f"adapters/{name}", **fields)
+
+
+SERVE_TASKS = {"sst": "sentiment", "squad": "qa", "dsum": "summarization"}  # the served tiny zoo: adapter -> task
+SERVE_PROMPTS = {  # the router's test prompts, by the adapter `auto` must pick
+    "sst": "Is the following sentence positive or negative?\nA gorgeous, moving film.",
+    "dsum": "Dialogue:\n#Person1#: Are you coming tonight?\n#Person2#: Yes, at eight.\n\nSummary:",
+    "squad": "Context:\nThe Eiffel Tower was built in 1889 by Gustave Eiffel's company.\n\nQ: When was the tower "
+             "built?\nA (short span from the context):",
+    "base": "Write a poem about the sea at night.",
+}

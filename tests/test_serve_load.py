@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from tests.helpers import memory_levels
-from tests.test_serve import PROMPTS, error_of, served_zoo  # noqa: F401 -- the module's zoo fixture
+from tests.helpers import SERVE_PROMPTS as PROMPTS
+from tests.test_serve import error_of
 from zoo.api.local import local_server
 from zoo.serving.runtime import Runtime
 
@@ -21,7 +22,7 @@ MODELS = ("sst", "squad", "dsum", "base")
 
 
 @pytest.fixture(scope="module")
-def roomy_server(served_zoo, tiny_base_dir, tmp_path_factory):  # noqa: F811
+def roomy_server(served_zoo, tiny_base_dir, tmp_path_factory):
     """Room for 50 in flight (16 decoding, 64 queued: the defaults); fp32 so that greedy answers do not depend on
     a batch's make-up (see test_serve's `server`)."""
     base = shutil.copytree(tiny_base_dir, tmp_path_factory.mktemp("load") / "base")
@@ -73,7 +74,7 @@ def test_fifty_concurrent_clients_in_bursts_get_the_sequential_answers(roomy_ser
 
 
 @pytest.fixture
-def slow_server(served_zoo, tiny_base_dir, tmp_path):  # noqa: F811
+def slow_server(served_zoo, tiny_base_dir, tmp_path):
     """A server whose requests may take one second, with every decode step made to take 0.2 s."""
     base = shutil.copytree(tiny_base_dir, tmp_path / "base")
     with local_server(lambda: Runtime(served_zoo, base=str(base), quant=False), timeout_s=1.0) as (url, scheduler):

@@ -17,7 +17,7 @@ import openai
 import pytest
 from fastapi import Request
 
-from tests.helpers import make_adapter
+from tests.helpers import SERVE_PROMPTS, SERVE_TASKS
 from zoo.api.app import create_app
 from zoo.api.config import ServeConfig
 from zoo.api.local import local_server, wait_for
@@ -27,14 +27,7 @@ from zoo.serving.runtime import Runtime
 from zoo.store import Zoo
 
 KEY, ENGINE_KEY = "front-key", "engine-key"
-TASK_OF = {"sst": "sentiment", "squad": "qa", "dsum": "summarization"}
-PROMPTS = {  # by the adapter `auto` must pick (the same router prompts as tests/test_serve.py)
-    "sst": "Is the following sentence positive or negative?\nA gorgeous, moving film.",
-    "dsum": "Dialogue:\n#Person1#: Are you coming tonight?\n#Person2#: Yes, at eight.\n\nSummary:",
-    "squad": "Context:\nThe Eiffel Tower was built in 1889 by Gustave Eiffel's company.\n\nQ: When was the tower "
-             "built?\nA (short span from the context):",
-    "base": "Write a poem about the sea at night.",
-}
+TASK_OF, PROMPTS = SERVE_TASKS, SERVE_PROMPTS
 
 
 @contextmanager
@@ -82,17 +75,6 @@ def closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
-
-
-@pytest.fixture(scope="module")
-def served_zoo(tmp_path_factory, tiny_base_dir, data_dir) -> Zoo:
-    from router import fit_router
-
-    zoo = Zoo(tmp_path_factory.mktemp("upstream") / "zoo")
-    for i, (name, task) in enumerate(TASK_OF.items()):
-        make_adapter(zoo, tiny_base_dir, name, task, seed=i)
-    fit_router(zoo, data_dir=data_dir, rows_per_task=24, features="ngrams")
-    return zoo
 
 
 @pytest.fixture(scope="module")

@@ -146,8 +146,17 @@ def sglang_args(routes: dict) -> list[str]:
             "--max-lora-rank", str(routes["max_lora_rank"]), "--max-loras-per-batch", str(routes["max_loras"] + 1)]
 
 
-def vllm_script(routes: dict) -> str:
+def _start(routes: dict, port: int) -> str:
+    """The scripts' common start: BASE (the Hub id, or a local folder made absolute), the export folder, PORT."""
     hub = shlex.quote(routes["hub_id"])
+    return f"""set -euo pipefail
+BASE="${{BASE:-{hub}}}"
+if [ -d "$BASE" ]; then BASE="$(cd "$BASE" && pwd)"; fi
+cd "$(dirname "$0")"
+PORT="${{PORT:-{port}}}\""""
+
+
+def vllm_script(routes: dict) -> str:
     return f"""#!/usr/bin/env bash
 # Serve this export with vLLM (written by `zoo export vllm`; adapters checked against vLLM's loader rules).
 #   ./launch_vllm.sh [ARGS]         GPU: `vllm serve`, the base from the Hub
@@ -155,11 +164,7 @@ def vllm_script(routes: dict) -> str:
 # BASE=/a/local/copy/of/the/base serves a local folder of the same weights; PORT (8000) and PYTHON too.
 # Then route by content in front of it: zoo serve --upstream http://127.0.0.1:$PORT/v1 --zoo THIS_FOLDER \\
 #        --upstream-map THIS_FOLDER/routes.json
-set -euo pipefail
-BASE="${{BASE:-{hub}}}"
-if [ -d "$BASE" ]; then BASE="$(cd "$BASE" && pwd)"; fi
-cd "$(dirname "$0")"
-PORT="${{PORT:-8000}}"
+{_start(routes, 8000)}
 if [ "${{1:-}}" = "--cpu" ]; then
   shift
   export VLLM_CPU_KVCACHE_SPACE="${{VLLM_CPU_KVCACHE_SPACE:-1}}"
@@ -173,17 +178,12 @@ exec vllm serve "$BASE" --port "$PORT" \\
 
 
 def sglang_script(routes: dict) -> str:
-    hub = shlex.quote(routes["hub_id"])
     return f"""#!/usr/bin/env bash
 # Serve this export with SGLang (GPU only; written by `zoo export vllm`, not run on this project's machines).
 # Requests name an adapter as model="BASE:NAME" (routes_sglang.json), or extra_body={{"lora_path": NAME}}.
 # Then: zoo serve --upstream http://127.0.0.1:$PORT/v1 --zoo THIS_FOLDER \\
 #        --upstream-map THIS_FOLDER/routes_sglang.json
-set -euo pipefail
-BASE="${{BASE:-{hub}}}"
-if [ -d "$BASE" ]; then BASE="$(cd "$BASE" && pwd)"; fi
-cd "$(dirname "$0")"
-PORT="${{PORT:-30000}}"
+{_start(routes, 30000)}
 exec "${{PYTHON:-python}}" -m sglang.launch_server --model-path "$BASE" --port "$PORT" \\
   {_shell(sglang_args(routes))} "$@"
 """
