@@ -10,7 +10,6 @@ own tensors (names and shapes), so an adapter that llama.cpp would refuse is ref
 The export folder::
 
     adapters/<name>.gguf       one LoRA adapter per zoo adapter (f32, or f16 with --outtype f16)
-    merged/<name>.gguf         with --merged: the base GGUF with that adapter merged in (`zoo.export.gguf_merge`)
     routes.json                base GGUF, each adapter's llama-server lora id, route -> adapter
     launch_llama_server.sh     llama-server -m BASE --lora a.gguf,b.gguf,... --lora-init-without-apply
 """
@@ -58,9 +57,6 @@ def add_options(p) -> None:
     p.add_argument("--base-gguf", default=None, metavar="FILE",
                    help="the base as a GGUF file for llama-server (default: the embedded base's Q4_1 GGUF); "
                         "adapters are checked against its tensors")
-    p.add_argument("--merged", action="store_true",
-                   help="also write merged/<name>.gguf: the base GGUF with the adapter merged in (f16 weights "
-                        "where the adapter changes them, the rest as in the base)")
 
 
 # the base ---------------------------------------------------------------------------------------------------------
@@ -339,7 +335,7 @@ exec "${{LLAMA_SERVER:-llama-server}}" -m "$BASE_GGUF" --port "${{PORT:-8080}}" 
 """
 
 
-def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str, merged: bool) -> dict:
+def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str) -> dict:
     """Write everything into a staging folder, then swap it in: a killed export never leaves half a folder."""
     from tqdm.auto import tqdm
 
@@ -352,11 +348,6 @@ def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str,
     try:
         adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype)
                     for n in tqdm(names, desc="gguf", unit="adapter", disable=len(names) < 2, leave=False)}
-        if merged:
-            from zoo.export.gguf_merge import write_merged
-
-            for name in names:
-                adapters[name]["merged"] = write_merged(zoo, name, base, staged / "merged" / f"{name}.gguf")
         routes = routes_document(zoo, base, adapters)
         atomic_write_json(staged / ROUTES_FILE, routes)
         atomic_write_text(staged / "launch_llama_server.sh", launch_script(routes))
@@ -381,11 +372,10 @@ def export_gguf(zoo, names: list[str], out, args) -> int:
         raise ZooError(f"llama-server serves one base, and these adapters were trained on {len(bases)} bases; "
                        "export each base's adapters separately")
     base = gguf_base(next(iter(entries.values())).base.id, getattr(args, "base_gguf", None))
-    routes = write_export(zoo, names, base, out, getattr(args, "outtype", "f32"), getattr(args, "merged", False))
+    routes = write_export(zoo, names, base, out, getattr(args, "outtype", "f32"))
     print(f"[zoo] exported {len(names)} adapter(s) for llama.cpp to {out} (architecture {base.arch}):")
     for name, a in routes["adapters"].items():
-        extra = f", merged/{name}.gguf" if "merged" in a else ""
-        print(f"[zoo]   {a['path']}  lora id {a['lora_id']}  r={a['r']} alpha={a['alpha']:g}  task {a['task']}{extra}")
+        print(f"[zoo]   {a['path']}  lora id {a['lora_id']}  r={a['r']} alpha={a['alpha']:g}  task {a['task']}")
     if base.gguf is None:
         print("[zoo]   no base GGUF known for this base: set BASE_GGUF when launching (or export with --base-gguf)")
     print(f"[zoo] then: {out}/launch_llama_server.sh  and  zoo serve --upstream http://127.0.0.1:8080 "

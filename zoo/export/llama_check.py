@@ -216,7 +216,7 @@ def run_check(zoo_dir, n: int, data_dir=None, docs: Path = DOCS, train_examples:
         if zoo is None or not zoo.healthy():
             zoo = Zoo(small_zoo(Path(tmp) / "zoo", train_examples, data_dir))
         export = Path(tmp) / "gguf"
-        export_gguf(zoo, zoo.healthy(), export, argparse.Namespace(outtype="f32", base_gguf=None, merged=False))
+        export_gguf(zoo, zoo.healthy(), export, argparse.Namespace(outtype="f32", base_gguf=None))
         results = compare_zoo(zoo, export, python, n, data_dir)
     wall = time.perf_counter() - t0
     context = {"zoo": str(zoo_dir or f"small zoo trained here ({train_examples} examples per task)"),
