@@ -114,7 +114,8 @@ def test_a_failing_ray_task_is_reported_while_the_other_lands(ray_cluster, tiny_
 
 @pytest.mark.reliability
 def test_a_killed_ray_worker_is_retried_and_its_adapter_lands(ray_cluster, tiny_base_dir, data_dir, tmp_path):
-    """A Ray worker killed (SIGKILL) in the middle of training: Ray retries the task and the adapter lands."""
+    """A Ray worker killed (SIGKILL) in the middle of training: Ray retries the task and the adapter lands (40 steps:
+    the first attempt must not finish before the kill reaches it)."""
     starts = []
 
     def kill_first(name, event):
@@ -124,7 +125,7 @@ def test_a_killed_ray_worker_is_retried_and_its_adapter_lands(ray_cluster, tiny_
                 os.kill(event["pid"], signal.SIGKILL)
 
     zoo = Zoo(tmp_path / "zoo")
-    landed, failed = ray_train(zoo, [tiny_spec(get_task("sentiment"), max_steps=4)], tiny_base_dir, data_dir,
+    landed, failed = ray_train(zoo, [tiny_spec(get_task("sentiment"), max_steps=40)], tiny_base_dir, data_dir,
                                on_event=kill_first)
     assert failed == {} and [e.name for e in landed] == ["sentiment"]
     assert len(starts) == 2 and starts[0] != starts[1]  # the second attempt ran in a fresh worker
