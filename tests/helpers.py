@@ -52,3 +52,15 @@ SERVE_PROMPTS = {  # the router's test prompts, by the adapter `auto` must pick
              "built?\nA (short span from the context):",
     "base": "Write a poem about the sea at night.",
 }
+
+
+def send_json(handler, status: int, obj) -> None:
+    """Answer a `BaseHTTPRequestHandler` request with `obj` as JSON (the tests' fake servers)."""
+    import json
+
+    data = json.dumps(obj).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import make_adapter
+from tests.helpers import make_adapter, send_json
 from zoo.cli import main
 from zoo.export.rules import LLAMA_LIKE, MAX_LORA_RANKS, smallest_rank_choice, vllm_problems
 from zoo.export.vllm import vllm_args
@@ -186,12 +186,7 @@ def engine():
             pass
 
         def _send(self, obj, status=200):
-            data = json.dumps(obj).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, obj)
 
         def do_GET(self):
             self._send({"data": [{"id": HUB, "parent": None}, {"id": "qa", "parent": HUB},

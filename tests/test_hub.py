@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from tests import helpers
-from tests.helpers import make_adapter
+from tests.helpers import make_adapter, send_json
 from zoo.base import resolve_base
 from zoo.cli import main
 from zoo.fsutil import atomic_write_json
@@ -270,12 +270,7 @@ class FakeHub:
                 self._reply(404, {"error": "not in the fake hub"})
 
             def _reply(self, status, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, obj)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
