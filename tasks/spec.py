@@ -58,7 +58,12 @@ class TrainSettings:
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     max_seq_len: int = field(default=768, metadata={"help": "longer prompts are cut in the middle of the passage"})
     row_tokens: int = field(default=512, metadata={"help": "packed row length (attention cost grows with its square)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute every trained layer's activations in backward (by default only as many layers as "
+                "--max-memory needs)"})
+    max_memory: str | None = field(default=None, metadata={
+        "help": "peak memory for training (4GB, 512MB): the fastest memory plan estimated to fit; default half "
+                "the machine's RAM"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = field(default=0, metadata={"help": "seed for sampling, shuffling and init"})
     time_budget: str | None = field(default=None, metadata={
@@ -80,6 +85,10 @@ class TrainSettings:
             from zoo.budget import parse_duration
 
             parse_duration(self.time_budget)  # a clear error now, not after the model is loaded
+        if self.max_memory is not None:
+            from zoo.training.memory import parse_size
+
+            parse_size(self.max_memory)
         if self.optimizer not in OPTIMIZERS:
             raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

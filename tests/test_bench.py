@@ -104,7 +104,7 @@ def test_unknown_section_or_task_is_a_usage_error(tiny_base_dir, capsys):
 
 def _result(**kw):
     base = {"mode": "quick", "seconds": 500.0, "batched_eval_speedup": 3.5, "mixed_batch_ratio": 0.9,
-            "rss_10_over_1": 1.1, "train": {"qa": {"speedup": 2.5, "ours": {"metric": {"name": "f1", "value": 40.0}},
+            "rss_10_over_1": 1.1, "train": {"qa": {"speedup": 3.1, "ours": {"metric": {"name": "f1", "value": 40.0}},
                                                    "reference": {"metric": {"name": "f1", "value": 30.0}}}}}
     return {**base, **kw}
 
@@ -119,6 +119,18 @@ def test_bars_pass_and_fail_on_the_thresholds():
                                               seconds=601.0)) if not b["pass"]]
     assert len(failed) == 4
     assert not any("10 minutes" in b["bar"] for b in bars(_result(mode="full")))
+    assert not bars(_result(train={"qa": {**_result()["train"]["qa"], "speedup": 2.9}}))[0]["pass"]  # under 3x
+
+
+def test_the_memory_bar_compares_peaks_within_the_reference_budget():
+    def judged(ours_peak):
+        qa = {**_result()["train"]["qa"], "speedup_in_reference_memory": 2.4,
+              "ours_in_reference_memory": {"peak_rss_mb": ours_peak}}
+        qa["reference"] = {**qa["reference"], "peak_rss_mb": 6000}
+        return [b for b in bars(_result(train={"qa": qa})) if "peak RSS as budget" in b["bar"]]
+
+    assert [b["pass"] for b in judged(5900)] == [True] and "5900 vs 6000 MB, 2.4x" in judged(5900)[0]["value"]
+    assert [b["pass"] for b in judged(6100)] == [False]
 
 
 def test_measured_jobs_run_in_a_fresh_process(tiny_base_dir):

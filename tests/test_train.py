@@ -14,8 +14,11 @@ def tiny(tiny_base_dir):
     return load_base(str(tiny_base_dir), quant=False)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what training uses on a CPU
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "zoo_packed"])  # zoo_packed: what a CPU trains with
 def test_packed_rows_give_the_same_logits_as_separate_runs(tiny, attention):
+    from zoo.training.attention import register
+
+    register()
     model = tiny.model
     before = model.config._attn_implementation
     model.set_attn_implementation(attention)
@@ -31,7 +34,7 @@ def test_each_phase_runs_its_attention_on_a_cpu_and_gives_the_previous_back(tiny
     from zoo.serving.attention import CPU_ATTENTION, NAME, SERVING, TRAINING, in_phase, use_phase
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, attn_implementation="sdpa")  # its own, fresh
-    assert CPU_ATTENTION[SERVING] == NAME and CPU_ATTENTION[TRAINING] in ("sdpa", "eager")
+    assert CPU_ATTENTION[SERVING] == NAME and CPU_ATTENTION[TRAINING] == "zoo_packed"
     assert use_phase(model, SERVING) == "sdpa" and model.config._attn_implementation == NAME
     with in_phase(model, TRAINING):
         assert model.config._attn_implementation == CPU_ATTENTION[TRAINING]
@@ -103,12 +106,12 @@ def check_packed_logits(model):
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     for r in range(2):
-        pos, start = batch["position_ids"][r].tolist(), 0
+        pos = batch["position_ids"][r].tolist()
         starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
         for a, b in zip(starts, starts[1:]):
             seq = batch["input_ids"][r, a:b]
             with torch.no_grad():
-                alone = model(input_ids=seq[None], use_cache=False).logits[0]
+                alone = model(input_ids=seq[None], position_ids=torch.arange(b - a)[None], use_cache=False).logits[0]
             torch.testing.assert_close(packed[r, a:b].float(), alone.float(), atol=2e-2, rtol=1e-2)
 
 

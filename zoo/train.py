@@ -4,7 +4,9 @@ Why it is faster than the usual recipe (see `zoo bench`):
 - examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and
 - the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
 - `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on),
-- and on a CPU, attention is eager while training (measured faster: `zoo.serving.attention.CPU_ATTENTION`).
+- on a CPU, each packed example attends to itself only, scale and mask fused (`zoo.training.attention`), and
+- the memory plan (`zoo.training.memory`) checkpoints only as many layers as the memory budget needs and keeps
+  dense copies of the frozen NF4 weights when they fit (no dequantizing on every call).
 """
 
 from __future__ import annotations
@@ -182,7 +184,6 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
         save_total_limit=2,
         seed=train.seed,
         data_seed=train.seed,
-        **checkpointing_args(train.gradient_checkpointing),
         use_cpu=device == "cpu",
         bf16=compute_dtype == torch.bfloat16 and device != "cpu",
         fp16=compute_dtype == torch.float16,
@@ -190,13 +191,28 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
     )
 
 
-def checkpointing_args(on: bool) -> dict:
-    """Activation (gradient) checkpointing under the name this transformers knows (renamed in 5.x)."""
-    from transformers import TrainingArguments
+def memory_plan(run: "TrainingRun", loaded):
+    """The fastest memory plan estimated to fit the run's budget, for its largest possible step."""
+    from zoo.serving.dense import dense_bytes_if_used
+    from zoo.training.memory import choose_plan, parse_size
 
-    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
-        else "gradient_checkpointing"
-    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+    train, config = run.spec.train, loaded.model.config
+    trained = min(run.spec.lora.layers or config.num_hidden_layers, config.num_hidden_layers)
+    tokens, cells = largest_step(run.examples, train.batch_size, train.row_tokens)
+    return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize,
+                       budget=parse_size(train.max_memory) if train.max_memory else None,
+                       dense_bytes=dense_bytes_if_used(loaded.model) if loaded.quantized else 0,
+                       at_least=trained if train.gradient_checkpointing else 0)
+
+
+def largest_step(examples: list[dict], batch_size: int, row_tokens: int) -> tuple[int, int]:
+    """Tokens and attention cells (per head) of the batch of the longest examples, packed as the collator packs."""
+    from zoo.training.attention import attention_cells
+
+    lengths = sorted((len(e["input_ids"]) for e in examples), reverse=True)[:batch_size] or [1]
+    groups = pack_rows(lengths, max(row_tokens, lengths[0]))
+    width = max(sum(lengths[i] for i in g) for g in groups)
+    return len(groups) * width, attention_cells([[lengths[i] for i in g] for g in groups], width)
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
@@ -278,6 +294,7 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     """Train `model` (the base with the new adapter) on the run's examples, in the training phase's attention.
     Returns the throughput and the loss log."""
     from zoo.serving.attention import TRAINING, in_phase
+    from zoo.training.memory import applied, peak_rss_bytes
 
     train, spec = run.spec.train, run.spec
     args = ddp.per_process_args(training_args(train, run.run_dir, loaded.device, loaded.compute_dtype))
@@ -286,18 +303,21 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
     collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
     trainer = make_trainer(model, run.examples, args, collator, callbacks)
-    plan = BudgetPlan(parse_duration(train.time_budget), steps, train.warmup_ratio) if train.time_budget else None
-    if plan:
-        attach(trainer, plan)
-    print(f"[zoo] training {run.name!r} ({spec.name}): {len(run.examples)} examples{' at most' if plan else ''}, "
+    budget = BudgetPlan(parse_duration(train.time_budget), steps, train.warmup_ratio) if train.time_budget else None
+    if budget:
+        attach(trainer, budget)
+    print(f"[zoo] training {run.name!r} ({spec.name}): {len(run.examples)} examples{' at most' if budget else ''}, "
           f"{run.tokens} tokens, LoRA r={spec.lora.r} on {spec.lora.layers or 'all'} layers"
-          + (f", within {plan.seconds:g} s" if plan else ""), flush=True)
+          + (f", within {budget.seconds:g} s" if budget else ""), flush=True)
+    memory = memory_plan(run, loaded)
+    print(f"[zoo] {memory.describe()}", flush=True)
     t0 = time.perf_counter()
-    with in_phase(loaded.model, TRAINING):
+    with in_phase(loaded.model, TRAINING), applied(loaded.model, memory):
         trainer.train(resume_from_checkpoint=run.checkpoint)
     stats = _throughput(trainer, collator, time.perf_counter() - t0)
-    if plan:
-        stats["budget"] = budget_record(plan, trainer.state.global_step, stats["examples"], stats["seconds"])
+    stats["memory"] = {**memory.as_dict(), "peak_rss_mb": round(peak_rss_bytes() / 2**20)}
+    if budget:
+        stats["budget"] = budget_record(budget, trainer.state.global_step, stats["examples"], stats["seconds"])
     return stats, [h for h in trainer.state.log_history if "loss" in h]
 
 

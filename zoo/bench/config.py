@@ -39,6 +39,7 @@ class BenchConfig:
     vllm_clients: int = 32  # concurrent summarization requests on zoo serve and on vLLM, side by side; 0: skip
     repeats: int = 1  # timed generation runs (best kept)
     reference_same_dtype: bool = False  # also train the reference in our compute dtype when they differ
+    memory_matched: bool = True  # also train ours with the reference's peak RSS as its memory budget
     isolate: bool = True  # measured jobs in fresh processes; False (tests only) mixes their peaks
 
 
@@ -46,7 +47,7 @@ PRESETS = {
     "quick": BenchConfig(),
     "full": BenchConfig(mode="full", train_examples=160, eval_n=100, gen_prompts=48, mixed_prompts=64,
                         router_single=500, repeats=3, reference_same_dtype=True),
-    "tiny": BenchConfig(mode="tiny", train_examples=8, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
+    "tiny": BenchConfig(mode="tiny", train_examples=8, memory_matched=False, eval_n=2, gen_prompts=2, gen_batch=2, gen_new_tokens=3,
                         mixed_prompts=3, mixed_new_tokens=3, latency_reps=1, router_prompts=30, router_single=5,
                         serve_clients=3, serve_max_tokens=3, vllm_clients=0,
                         router_fit=(("rows_per_task", 12), ("features", "ngrams"), ("n_features", 2**12))),

@@ -49,11 +49,12 @@ def main(argv: list[str]) -> int:
 
 
 # training ------------------------------------------------------------------------------------
-def bench_spec(task: str, examples: int):
-    """The task named on the command line, trained on `examples` rows by both recipes."""
+def bench_spec(task: str, examples: int, max_memory: str | None = None):
+    """The task named on the command line, trained on `examples` rows by both recipes (ours within `max_memory`
+    when given)."""
     from tasks import get_task
 
-    return get_task(task).with_overrides(train={"max_examples": examples})
+    return get_task(task).with_overrides(train={"max_examples": examples, "max_memory": max_memory})
 
 
 def train_result(task: str, recipe: str, stats: dict, lora: dict, device: str, marks: list[float]) -> dict:
@@ -80,7 +81,7 @@ def worker_train_ours(job: dict) -> dict:
     from zoo.store import Zoo
     from zoo.train import train_adapter
 
-    spec = bench_spec(job["task"], job["examples"])
+    spec = bench_spec(job["task"], job["examples"], job.get("max_memory"))
     t0 = time.perf_counter()
     loaded = load_base(job["base"], quant=True, device=job["device"])
     load_s = time.perf_counter() - t0
@@ -89,7 +90,8 @@ def worker_train_ours(job: dict) -> dict:
                           callbacks=[timer])
     lora = {**asdict(spec.lora), "target_modules": spec.lora.module_names(),
             "layers": spec.lora.layers or "all", "gradient_checkpointing": spec.train.gradient_checkpointing,
-            "loss_on": "answer tokens", "batching": "packed", "compute_dtype": dtype_name(loaded.compute_dtype)}
+            "loss_on": "answer tokens", "batching": "packed", "compute_dtype": dtype_name(loaded.compute_dtype),
+            "memory_plan": entry.throughput.get("memory")}
     stats = {"seconds": entry.throughput["seconds"], "examples": entry.data["examples"],
              "tokens": entry.data["tokens"], "load_seconds": load_s, "final_loss": entry.final_loss}
     return train_result(job["task"], "ours", stats, lora, loaded.device, timer.marks)

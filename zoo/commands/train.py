@@ -105,7 +105,7 @@ def parse_layers(text: str):
 
 
 PARSERS = {"target_modules": parse_targets, "layers": parse_layers}
-METAVARS = {"target_modules": "PRESET|a,b", "layers": "N|all", "time_budget": "DURATION"}
+METAVARS = {"max_memory": "SIZE", "target_modules": "PRESET|a,b", "layers": "N|all", "time_budget": "DURATION"}
 
 
 def overrides(args) -> dict[str, dict]:

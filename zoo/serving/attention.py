@@ -2,7 +2,7 @@
 
 | phase               | CPU (a model loaded with SDPA)       | GPU, or other attention |
 |---------------------|--------------------------------------|-------------------------|
-| training            | eager (`CPU_ATTENTION`, measured)    | as loaded               |
+| training            | `zoo.training.attention` (packed)    | as loaded               |
 | prefill and decode  | `NAME`, this module's `attention`    | as loaded               |
 
 `use_phase` / `in_phase` switch a model; the runtime and training call nothing else. Serving is one implementation
@@ -14,8 +14,8 @@ On a CPU, SDPA's flash kernel spends most of its time on tiling when the query i
 over 500 cached tokens took 4.1 ms per layer against 0.3 ms as matmuls (2 cores, measured), which made attention
 over half of a batched decode step. A packed prefill pass (`zoo.serving.prefill`) passes `PIECES`: each prompt then
 attends to the cached shared prefix and itself only, so all of a batch's prompts can share one pass (its projections
-run as a few large matmuls) without one prompt-by-prompt mask over the whole pass. Training on a CPU runs eager
-attention: SDPA's CPU kernel is slow backwards (numbers at `CPU_ATTENTION`).
+run as a few large matmuls) without one prompt-by-prompt mask over the whole pass. Training on a CPU runs
+`zoo.training.attention`: each packed example over itself, no 4D mask (numbers at `CPU_ATTENTION`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 
 NAME = "zoo_sdpa"
+PACKED = "zoo_packed"  # zoo.training.attention.NAME (imported lazily: serving needs none of training)
 PIECES = "zoo_pieces"  # keyword of a packed prefill pass: [(offset, length)] per prompt, in order
 _UNHANDLED = ("softcap", "s_aux", "position_bias", "cache")  # features only SDPA's path implements
 
@@ -96,10 +97,11 @@ def register() -> None:
 
 
 TRAINING, SERVING = "training", "serving"
-# What each phase runs on a CPU. Training: eager, faster than SDPA, whose CPU flash kernel is slow backwards:
-# a training step of SmolLM2 NF4 in bf16 (2 shared cores, alternating steps, fastest of 5 each) took 10.2 s eager
-# vs 23.2 s SDPA for QA rows (2 x 474 tokens), 0.86 s vs 1.09 s for sentiment (4 x 116); see docs/performance.md.
-CPU_ATTENTION = {TRAINING: "eager", SERVING: NAME}
+# What each phase runs on a CPU. Training: `zoo.training.attention` (each packed example over itself, scale and
+# mask fused), faster than eager, which was faster than SDPA, whose CPU flash kernel is slow backwards: a training
+# step of SmolLM2 NF4 in bf16 (2 shared cores, fastest of 5) took 10.2 s eager vs 23.2 s SDPA for QA rows
+# (2 x 474 tokens), 0.86 s vs 1.09 s for sentiment (4 x 116); packed vs eager: docs/performance.md.
+CPU_ATTENTION = {TRAINING: PACKED, SERVING: NAME}
 
 
 def attention_for(model, phase: str) -> str | None:
@@ -118,6 +120,10 @@ def use_phase(model, phase: str) -> str | None:
     if want != before:
         if want == NAME:
             register()
+        elif want == PACKED:
+            from zoo.training.attention import register as register_packed
+
+            register_packed()
         model.set_attn_implementation(want)
     return before
 

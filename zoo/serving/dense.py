@@ -25,22 +25,47 @@ def dense_weight_bytes(model) -> int:
     return sum(m.in_features * m.out_features * _dtype(m).itemsize for m in _nf4_layers(model))
 
 
+def dense_bytes_if_used(model) -> int:
+    """What `use_dense_weights` would take on `model` (0: it would make no copies: not a CPU, over the cap)."""
+    cap = float(os.environ.get("ZOO_DENSE_MAX_MB", DEFAULT_MAX_MB)) * 2**20
+    size = dense_weight_bytes(model)
+    return size if _nf4_layers(model) and model.device.type == "cpu" and size <= cap else 0
+
+
 def use_dense_weights(model) -> int:
     """Give `model`'s NF4 layers dense copies for CPU passes of >= MIN_ROWS tokens, if their size is within the
     cap; idempotent. Returns the bytes the copies take (0: none in use)."""
     layers = _nf4_layers(model)
-    cap = float(os.environ.get("ZOO_DENSE_MAX_MB", DEFAULT_MAX_MB)) * 2**20
-    if not layers or model.device.type != "cpu" or dense_weight_bytes(model) > cap:
+    if not dense_bytes_if_used(model):
         return 0
     total = 0
     for layer in layers:
         if getattr(layer, "_zoo_dense", None) is None:
             if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
                 continue  # already repacked by an inference pass: this layer keeps the NF4 kernel
-            layer._zoo_dense = dequantized(layer)
+            layer._zoo_dense, layer._zoo_dense_training = dequantized(layer), False
             layer.forward = types.MethodType(_forward, layer)
         total += layer._zoo_dense.numel() * layer._zoo_dense.element_size()
     return total
+
+
+def use_dense_for_training(model):
+    """Training passes (forward and the input gradient of backward) through dense copies too: the frozen weight
+    is dequantized once per run instead of twice per step. Returns the undo: copies made here are dropped, a
+    serving runtime's stay. No copies (over the cap, not a CPU, repacked layers): nothing changes."""
+    had = {id(m) for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None}
+    use_dense_weights(model)
+    layers = [m for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None]
+    for layer in layers:
+        layer._zoo_dense_training = True
+
+    def undo():
+        for layer in layers:
+            layer._zoo_dense_training = False
+            if id(layer) not in had:
+                layer._zoo_dense = None
+                del layer.forward  # back to the class's Linear4bit.forward
+    return undo
 
 
 def _forward(self, x):
@@ -49,7 +74,8 @@ def _forward(self, x):
 
     fused = getattr(self, "support_avx512bf16_for_cpu", False)
     min_rows = MIN_ROWS if fused else 1  # without the fused kernel, NF4 dequantizes the weight on every call
-    if self.training or x.device.type != "cpu" or x.numel() < min_rows * x.shape[-1]:
+    if (self.training and not self._zoo_dense_training) or x.device.type != "cpu" \
+            or x.numel() < min_rows * x.shape[-1]:
         return type(self).forward(self, x)
     bias = None if self.bias is None else self.bias.to(self._zoo_dense.dtype)
     return F.linear(x.to(self._zoo_dense.dtype), self._zoo_dense, bias).to(x.dtype)

@@ -1,0 +1,139 @@
+"""Memory plans and the packed training attention: every plan trains the same adapter as the plain path (eager
+attention, nothing checkpointed, NF4 dequantized per call), and the planner picks the fastest plan that fits."""
+
+import pytest
+import torch
+
+from tasks import get_task
+from zoo.errors import ZooError
+from zoo.train import PackedCollator, answer_loss, attach_adapter, build_examples, largest_step
+from zoo.training import attention as packed
+from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_size
+
+
+@pytest.fixture(scope="module")
+def nf4_tiny(tiny_base_dir):
+    """The tiny base in NF4 with fp32 compute, a model of its own (plans change it; the shared cache stays clean)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, quantization_config=config, dtype=torch.float32,
+                                                 device_map={"": "cpu"}, attn_implementation="eager")
+    model.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(tiny_base_dir)
+
+
+def _batch(tokenizer, row_tokens: int, data_dir):
+    """Eight QA examples packed into rows (several examples per row, padding included)."""
+    from zoo.data import load_rows
+
+    spec = get_task("qa")
+    rows = load_rows(spec, "train", data_dir, limit=8, seed=0)
+    examples = build_examples(spec, tokenizer, rows, 160, seed=0)
+    batch = PackedCollator(tokenizer.pad_token_id or 0, row_tokens)(examples)
+    assert any(len(packed.piece_starts(batch["position_ids"], len(batch["input_ids"]))[r]) > 1
+               for r in range(len(batch["input_ids"])))  # the test needs rows holding several examples
+    return batch
+
+
+def _loss_and_grads(model, batch, attention: str, plan: MemoryPlan | None):
+    """One forward and backward with a fresh, seeded LoRA adapter; the loss and every LoRA gradient."""
+    from tasks.spec import LoraSettings
+
+    packed.register()
+    torch.manual_seed(0)
+    peft_model = attach_adapter(model, LoraSettings(r=4, alpha=8), "probe")
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give it values so that gradients reach A and the inputs
+            torch.nn.init.normal_(p, std=0.1)
+    model.set_attn_implementation(attention)
+    peft_model.train()
+    try:
+        with applied(model, plan or MemoryPlan(0, 2, False, 0, 0)):
+            loss = answer_loss(peft_model, batch)
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+        return loss.item(), grads
+    finally:
+        peft_model.unload()
+        model.set_attn_implementation("eager")
+
+
+@pytest.mark.parametrize("row_tokens", [96, 400])  # rows attended whole (short) and example by example (long)
+@pytest.mark.parametrize("checkpointed", [0, 1, 2])
+@pytest.mark.parametrize("dense", [False, True])
+def test_every_plan_gives_the_plain_paths_loss_and_gradients(nf4_tiny, data_dir, checkpointed, dense, row_tokens,
+                                                              monkeypatch):
+    model, tokenizer = nf4_tiny
+    monkeypatch.setattr(packed, "WHOLE_ROW_MAX", 128)  # the tiny rows: 96 whole, 400 piece by piece
+    batch = _batch(tokenizer, row_tokens, data_dir)
+    plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
+    loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0))
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    assert grads.keys() == plain_grads.keys() and len(grads) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_plan_is_undone_after_training(nf4_tiny):
+    import bitsandbytes as bnb
+
+    model, _ = nf4_tiny
+    layers = list(model.model.layers)
+    with applied(model, MemoryPlan(2, 2, True, 0, 0)):
+        assert all(layer.gradient_checkpointing for layer in layers)
+        assert all(m._zoo_dense is not None for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert not any(layer.gradient_checkpointing for layer in layers)
+    assert all(getattr(m, "_zoo_dense", None) is None for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert all("forward" not in vars(m) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+
+
+def test_packed_attention_refuses_what_it_is_not_for():
+    q = torch.zeros(1, 4, 3, 8)
+    with pytest.raises(ValueError, match="position_ids"):
+        packed.packed_attention(None, q, q[:, :2], q[:, :2], None)
+
+
+def test_piece_starts_follow_the_positions():
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert packed.piece_starts(pos, 2) == [[0, 3, 5], [0]]
+
+
+class _Config:
+    hidden_size, intermediate_size, num_attention_heads = 576, 1536, 9
+
+
+def test_the_planner_checkpoints_only_what_the_budget_needs():
+    cost = dict(tokens=2560, attention_cells=8 * 300 * 300, dtype_bytes=4, held_bytes=10**9)
+    plain = choose_plan(_Config, 30, budget=64 * 2**30, dense_bytes=400 * 2**20, **cost)
+    assert plain.checkpointed == 0 and plain.dense_weights
+    full = estimate(_Config, 30, 30, dense_bytes=0, **cost)
+    tight = choose_plan(_Config, 30, budget=full + 2**20, dense_bytes=400 * 2**20, **cost)
+    assert tight.checkpointed == 30 and not tight.dense_weights  # the copies would not fit
+    middle = choose_plan(_Config, 30, budget=(full + plain.estimate_bytes) // 2, **cost)
+    assert 0 < middle.checkpointed < 30 and middle.estimate_bytes <= middle.budget_bytes
+    one_fewer = estimate(_Config, 30, middle.checkpointed - 1, dense_bytes=0, **cost)
+    assert one_fewer > middle.budget_bytes  # the fewest layers that fit
+    assert choose_plan(_Config, 30, budget=64 * 2**30, at_least=30, **cost).checkpointed == 30
+    with pytest.raises(ZooError, match="over the 1.0 GB memory budget: raise --max-memory"):
+        choose_plan(_Config, 30, budget=2**30, **cost)
+    assert "activation checkpointing 30 of 30 layers" in tight.describe()
+
+
+def test_the_largest_step_is_packed_as_the_collator_packs():
+    examples = [{"input_ids": [1] * n} for n in (300, 180, 100, 60, 500)]
+    tokens, cells = largest_step(examples, batch_size=3, row_tokens=512)
+    assert tokens == 2 * 500  # [500] and [300, 180] -> two rows of the widest fill
+    assert cells == 500 ** 2 + 300 ** 2 + 180 ** 2 + 20 ** 2  # example by example, padding as a piece
+
+
+@pytest.mark.parametrize("text,size", [("4GB", 4 * 2**30), ("512 mb", 512 * 2**20), ("1.5g", int(1.5 * 2**30))])
+def test_memory_sizes_parse(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1GB", "4TB", "0GB"])
+def test_bad_memory_sizes_say_how_to_write_one(text):
+    with pytest.raises(ZooError, match="bad memory size"):
+        parse_size(text)

@@ -1,0 +1,139 @@
+"""Memory plans for a training run: which layers recompute their activations, and dense copies of the NF4 weights.
+
+Backward needs what each trained-through layer computed in forward (~130 MB per SmolLM2 layer for a QA step of
+2,500 fp32 tokens: five hidden-sized tensors, four MLP-sized ones, the attention probabilities). A checkpointed
+layer keeps only its input and recomputes the rest in backward: ~2% more step time per layer for ~95% less of its
+memory. `choose_plan` takes the fastest plan whose estimate fits the budget (`--max-memory`; by default a share
+of the machine's RAM), i.e. the fewest checkpointed layers, the lowest first. Layers below the lowest LoRA layer
+keep nothing for backward (no gradient reaches them) and are never counted or checkpointed.
+
+The estimate is what the process holds at the start (the base, the libraries) plus the dense copies plus
+`FRAGMENTATION` times the activations kept, plus `STEP_LAYERS` plain layers' worth for the rest of a step (the
+layer being recomputed, gradients, the loss): glibc's allocator keeps freed blocks that later tensors do not fit,
+so a step's peak resident size is about twice the bytes alive at once. Both constants are fitted to QA and
+sentiment steps on SmolLM2 (fp32, 0 / 15 / 30 checkpointed layers; docs/performance.md): the estimate was within
+-14% / +12% of the measured peaks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+from dataclasses import dataclass
+
+from zoo.errors import ZooError
+
+FRAGMENTATION = 2.3  # peak resident bytes per activation byte kept (fitted, docs/performance.md)
+STEP_LAYERS = 10  # the rest of a step, in plain layers' activations (fitted with FRAGMENTATION)
+RAM_SHARE = 0.5  # default budget: this share of the machine's memory
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How one run holds activations and weights, and what that should take at its peak."""
+
+    checkpointed: int  # trained-through layers that recompute their activations in backward (the lowest ones)
+    trained_layers: int  # layers a gradient flows through (from the lowest LoRA layer up)
+    dense_weights: bool  # frozen NF4 weights as dense copies: no dequantizing per call, more memory
+    estimate_bytes: int
+    budget_bytes: int
+
+    def describe(self) -> str:
+        ckpt = "none" if not self.checkpointed else f"{self.checkpointed} of {self.trained_layers} layers"
+        return (f"memory plan: activation checkpointing {ckpt}, dense NF4 copies {'on' if self.dense_weights else 'off'}"
+                f", estimated peak {self.estimate_bytes / 2**30:.1f} GB of a {self.budget_bytes / 2**30:.1f} GB budget")
+
+    def as_dict(self) -> dict:
+        return {"checkpointed_layers": self.checkpointed, "trained_layers": self.trained_layers,
+                "dense_weights": self.dense_weights, "estimate_mb": round(self.estimate_bytes / 2**20),
+                "budget_mb": round(self.budget_bytes / 2**20)}
+
+
+def parse_size(text: str) -> int:
+    """'4GB', '512m', '6.5 GB' -> bytes (powers of 1024); a clear error for anything else."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise ZooError(f"bad memory size {text!r}: use a number with KB, MB or GB (e.g. 4GB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_budget() -> int:
+    """`RAM_SHARE` of the machine's memory (what `--max-memory` defaults to)."""
+    return int(RAM_SHARE * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (its peak so far where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """The highest resident size this process has had (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def layer_activation_bytes(config, tokens: int, attention_cells: int, dtype_bytes: int) -> tuple[int, int]:
+    """(kept by a plain layer, kept by a checkpointed one) for one step: five hidden-sized and four MLP-sized
+    tensors per token, plus the attention probabilities (fp32, `attention_cells` per head)."""
+    hidden, inner = config.hidden_size, config.intermediate_size
+    plain = tokens * (5 * hidden + 4 * inner) * dtype_bytes + 4 * config.num_attention_heads * attention_cells
+    return plain, tokens * hidden * dtype_bytes
+
+
+def estimate(config, trained_layers: int, checkpointed: int, tokens: int, attention_cells: int,
+             dtype_bytes: int, held_bytes: int, dense_bytes: int) -> int:
+    """Peak resident bytes of a step under one plan (see the module docstring)."""
+    plain, kept = layer_activation_bytes(config, tokens, attention_cells, dtype_bytes)
+    live = (trained_layers - checkpointed + STEP_LAYERS) * plain + checkpointed * kept
+    return int(held_bytes + dense_bytes + FRAGMENTATION * live)
+
+
+def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, dtype_bytes: int,
+                budget: int | None = None, dense_bytes: int = 0, held_bytes: int | None = None,
+                at_least: int = 0) -> MemoryPlan:
+    """The fastest plan whose estimate fits `budget`: the fewest checkpointed layers (`at_least` of them), then
+    dense copies of the NF4 weights if they fit too (they never cost a checkpointed layer). Over budget even
+    fully checkpointed: a clear error naming what to change."""
+    budget = default_budget() if budget is None else budget
+    held = resident_bytes() if held_bytes is None else held_bytes
+    cost = functools.partial(estimate, config, trained_layers, tokens=tokens, attention_cells=attention_cells,
+                             dtype_bytes=dtype_bytes, held_bytes=held)
+    k = next((k for k in range(min(at_least, trained_layers), trained_layers + 1)
+              if cost(k, dense_bytes=0) <= budget), None)
+    if k is None:
+        raise ZooError(f"training needs about {cost(trained_layers, dense_bytes=0) / 2**30:.1f} GB even with every "
+                       f"layer checkpointed, over the {budget / 2**30:.1f} GB memory budget: raise --max-memory, "
+                       "or lower --batch-size, --row-tokens or --max-seq-len")
+    dense = bool(dense_bytes) and cost(k, dense_bytes=dense_bytes) <= budget
+    return MemoryPlan(k, trained_layers, dense, cost(k, dense_bytes=dense_bytes if dense else 0), budget)
+
+
+@contextlib.contextmanager
+def applied(model, plan: MemoryPlan):
+    """`plan` on `model` (its decoder layers, its NF4 layers) for the block; the model as it was afterwards."""
+    import torch.utils.checkpoint as ckpt
+
+    from zoo.serving import dense
+
+    layers = list(model.get_decoder().layers)
+    first = len(layers) - plan.trained_layers
+    chosen = layers[first:first + plan.checkpointed]
+    func = functools.partial(ckpt.checkpoint, use_reentrant=False)
+    for layer in chosen:
+        layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, func
+    undo_dense = dense.use_dense_for_training(model) if plan.dense_weights else (lambda: None)
+    try:
+        yield plan
+    finally:
+        for layer in chosen:
+            layer.gradient_checkpointing = False
+        undo_dense()
