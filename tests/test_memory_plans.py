@@ -37,9 +37,12 @@ def _batch(tokenizer, row_tokens: int, data_dir):
     return batch
 
 
-def _loss_and_grads(model, batch, attention: str, plan: MemoryPlan | None):
+def _loss_and_grads(model, batch, attention: str, plan: MemoryPlan | None, fused: bool = False):
     """One forward and backward with a fresh, seeded LoRA adapter; the loss and every LoRA gradient."""
+    import contextlib
+
     from tasks.spec import LoraSettings
+    from zoo.training.lora import fused_lora
 
     packed.register()
     torch.manual_seed(0)
@@ -50,7 +53,8 @@ def _loss_and_grads(model, batch, attention: str, plan: MemoryPlan | None):
     model.set_attn_implementation(attention)
     peft_model.train()
     try:
-        with applied(model, plan or MemoryPlan(0, 2, False, 0, 0)):
+        with applied(model, plan or MemoryPlan(0, 2, False, 0, 0)), \
+                (fused_lora(peft_model) if fused else contextlib.nullcontext()):
             loss = answer_loss(peft_model, batch)
             loss.backward()
         grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -69,11 +73,36 @@ def test_every_plan_gives_the_plain_paths_loss_and_gradients(nf4_tiny, data_dir,
     monkeypatch.setattr(packed, "WHOLE_ROW_MAX", 128)  # the tiny rows: 96 whole, 400 piece by piece
     batch = _batch(tokenizer, row_tokens, data_dir)
     plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
-    loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0))
+    loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0), fused=True)
     assert loss == pytest.approx(plain_loss, rel=1e-5)
     assert grads.keys() == plain_grads.keys() and len(grads) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
     for name, g in grads.items():
         torch.testing.assert_close(g, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_lora_layers_run_in_training_and_give_peft_back(nf4_tiny):
+    from peft.tuners.lora import LoraLayer
+
+    from tasks.spec import LoraSettings
+    from zoo.training import lora
+
+    model, _ = nf4_tiny
+    peft_model = attach_adapter(model, LoraSettings(r=4, alpha=8), "probe")
+    calls = []
+    try:
+        layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+        with lora.fused_lora(peft_model):
+            peft_model.train()
+            for m in layers:
+                m.register_forward_hook(lambda mod, args, out: calls.append(lora._trainable_adapter(mod, args[0])))
+            answer_loss(peft_model, {"input_ids": torch.tensor([[5, 6, 7]]), "position_ids": torch.tensor([[0, 1, 2]]),
+                                     "rows": torch.tensor([0]), "cols": torch.tensor([1]), "targets": torch.tensor([7])})
+        assert len(calls) == len(layers) and set(calls) == {"probe"}  # every LoRA layer took the fused path
+        assert not any("forward" in vars(m) or hasattr(m, "_zoo_forward_before") for m in layers)
+    finally:
+        for m in peft_model.modules():
+            m._forward_hooks.clear()
+        peft_model.unload()
 
 
 def test_a_plan_is_undone_after_training(nf4_tiny):

@@ -5,6 +5,7 @@ Why it is faster than the usual recipe (see `zoo bench`):
 - the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
 - `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on),
 - on a CPU, each packed example attends to itself only, scale and mask fused (`zoo.training.attention`), and
+- each LoRA layer adds its adapter in one `addmm` (`zoo.training.lora`), and
 - the memory plan (`zoo.training.memory`) checkpoints only as many layers as the memory budget needs and keeps
   dense copies of the frozen NF4 weights when they fit (no dequantizing on every call).
 """
@@ -294,6 +295,7 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     """Train `model` (the base with the new adapter) on the run's examples, in the training phase's attention.
     Returns the throughput and the loss log."""
     from zoo.serving.attention import TRAINING, in_phase
+    from zoo.training.lora import fused_lora
     from zoo.training.memory import applied, peak_rss_bytes
 
     train, spec = run.spec.train, run.spec
@@ -312,7 +314,7 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     memory = memory_plan(run, loaded)
     print(f"[zoo] {memory.describe()}", flush=True)
     t0 = time.perf_counter()
-    with in_phase(loaded.model, TRAINING), applied(loaded.model, memory):
+    with in_phase(loaded.model, TRAINING), applied(loaded.model, memory), fused_lora(model):
         trainer.train(resume_from_checkpoint=run.checkpoint)
     stats = _throughput(trainer, collator, time.perf_counter() - t0)
     stats["memory"] = {**memory.as_dict(), "peak_rss_mb": round(peak_rss_bytes() / 2**20)}
