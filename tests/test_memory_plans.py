@@ -6,7 +6,7 @@ import torch
 
 from tasks import get_task
 from zoo.errors import ZooError
-from zoo.train import PackedCollator, answer_loss, attach_adapter, build_examples, largest_step
+from zoo.train import PackedCollator, answer_loss, attach_adapter, build_examples, planning_step
 from zoo.training import attention as packed
 from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_size
 
@@ -150,11 +150,11 @@ def test_the_planner_checkpoints_only_what_the_budget_needs():
     assert "activation checkpointing 30 of 30 layers" in tight.describe()
 
 
-def test_the_largest_step_is_packed_as_the_collator_packs():
-    examples = [{"input_ids": [1] * n} for n in (300, 180, 100, 60, 500)]
-    tokens, cells = largest_step(examples, batch_size=3, row_tokens=512)
-    assert tokens == 2 * 500  # [500] and [300, 180] -> two rows of the widest fill
-    assert cells == 500 ** 2 + 300 ** 2 + 180 ** 2 + 20 ** 2  # example by example, padding as a piece
+def test_the_planning_step_is_a_batch_of_long_examples_packed_as_the_collator_packs():
+    examples = [{"input_ids": [1] * n} for n in [900] + [200] * 9 + [60] * 10]  # 90th percentile: 200 tokens
+    tokens, cells = planning_step(examples, batch_size=3, row_tokens=512)
+    assert tokens == 2 * 400  # [200, 200] and [200] -> two rows of the widest fill
+    assert cells == 4 * 200 ** 2  # example by example: [200, 200] and [200, 200 of padding]
 
 
 @pytest.mark.parametrize("text,size", [("4GB", 4 * 2**30), ("512 mb", 512 * 2**20), ("1.5g", int(1.5 * 2**30))])
