@@ -5,7 +5,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ZOO_DIR    ?= zoo-out
 EVAL_N     ?= 200
-TRAIN_MEMORY ?= 4GB
+TRAIN_MEMORY ?= 5GB
 BIN        := $(VENV)/bin
 export ZOO_DIR
 

@@ -66,12 +66,27 @@ def default_budget() -> int:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now (its peak so far where /proc is missing)."""
+    """This process's resident memory now, after handing freed heap pages back (an earlier run in this process,
+    `zoo train --all`, leaves gigabytes that the allocator would reuse); its peak so far where /proc is missing."""
+    release_free_memory()
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return peak_rss_bytes()
+
+
+def release_free_memory() -> None:
+    """Collect garbage and return glibc's free heap pages to the system (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def peak_rss_bytes() -> int:
