@@ -37,8 +37,11 @@ def task_requests(zoo, name: str, clients: int, data_dir) -> tuple[object, list[
 
 
 def one_engine(url: str, requests, max_tokens: int, spec, rows) -> dict:
+    """All `requests` at once on the engine at `url`, after one untimed warm-up request; throughput, time to
+    first token, latency and the task metric of the answers."""
     from zoo.evaluation import score_outputs
 
+    asyncio.run(run_clients(url, requests[:1], 2, together=False))  # warm-up (adapter load, first-call costs)
     summary, answers = asyncio.run(run_clients(url, requests, max_tokens, together=True))
     return {**summary, "scores": score_outputs(spec, answers, rows)}
 
