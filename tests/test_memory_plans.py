@@ -134,19 +134,19 @@ class _Config:
 
 
 def test_the_planner_checkpoints_only_what_the_budget_needs():
-    cost = dict(tokens=2560, attention_cells=8 * 300 * 300, dtype_bytes=4, held_bytes=10**9)
-    plain = choose_plan(_Config, 30, budget=64 * 2**30, dense_bytes=400 * 2**20, **cost)
+    cost = dict(tokens=2560, attention_cells=8 * 300 * 300, dtype_bytes=4)
+    plain = choose_plan(_Config, 30, budget=64 * 2**30, dense_bytes=400 * 2**20, held=10**9, **cost)
     assert plain.checkpointed == 0 and plain.dense_weights
-    full = estimate(_Config, 30, 30, dense_bytes=0, **cost)
-    tight = choose_plan(_Config, 30, budget=full + 2**20, dense_bytes=400 * 2**20, **cost)
+    full = estimate(_Config, 30, 30, dense_bytes=0, held_bytes=10**9, **cost)
+    tight = choose_plan(_Config, 30, budget=full + 2**20, dense_bytes=400 * 2**20, held=10**9, **cost)
     assert tight.checkpointed == 30 and not tight.dense_weights  # the copies would not fit
-    middle = choose_plan(_Config, 30, budget=(full + plain.estimate_bytes) // 2, **cost)
+    middle = choose_plan(_Config, 30, budget=(full + plain.estimate_bytes) // 2, held=10**9, **cost)
     assert 0 < middle.checkpointed < 30 and middle.estimate_bytes <= middle.budget_bytes
-    one_fewer = estimate(_Config, 30, middle.checkpointed - 1, dense_bytes=0, **cost)
+    one_fewer = estimate(_Config, 30, middle.checkpointed - 1, dense_bytes=0, held_bytes=10**9, **cost)
     assert one_fewer > middle.budget_bytes  # the fewest layers that fit
-    assert choose_plan(_Config, 30, budget=64 * 2**30, at_least=30, **cost).checkpointed == 30
+    assert choose_plan(_Config, 30, budget=64 * 2**30, at_least=30, held=10**9, **cost).checkpointed == 30
     with pytest.raises(ZooError, match="over the 1.0 GB memory budget: raise --max-memory"):
-        choose_plan(_Config, 30, budget=2**30, **cost)
+        choose_plan(_Config, 30, budget=2**30, held=10**9, **cost)
     assert "activation checkpointing 30 of 30 layers" in tight.describe()
 
 

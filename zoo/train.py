@@ -193,7 +193,7 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
 
 
 def memory_plan(run: "TrainingRun", loaded):
-    """The fastest memory plan estimated to fit the run's budget, for its largest possible step."""
+    """The fastest memory plan estimated to fit the run's budget, for a step of long examples (`planning_step`)."""
     from zoo.serving.dense import dense_bytes_if_used
     from zoo.training.memory import choose_plan, parse_size
 
@@ -203,7 +203,7 @@ def memory_plan(run: "TrainingRun", loaded):
     return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize,
                        budget=parse_size(train.max_memory) if train.max_memory else None,
                        dense_bytes=dense_bytes_if_used(loaded.model) if loaded.quantized else 0,
-                       at_least=trained if train.gradient_checkpointing else 0)
+                       at_least=trained if train.gradient_checkpointing else 0, device=loaded.device)
 
 
 def planning_step(examples: list[dict], batch_size: int, row_tokens: int) -> tuple[int, int]:
