@@ -8,9 +8,9 @@ where the position does not follow the one before), and each piece runs as
 
     probs = softmax(baddbmm(causal_bias, q, k^T, alpha=scale));  out = probs @ v
 
-so the scale and the mask cost no pass of their own and only the pieces' own (length x length) blocks are
-computed and kept for backward (masks cached per length and packing: one (n x n) tensor broadcast over heads).
-A QA step (fp32, 2 cores) took 11.0-11.35 s with eager attention, 10.4 s with this (docs/performance.md).
+with the query heads of one key/value head stacked (no `repeat_kv` copies), so the scale and the mask cost no
+pass of their own and only the pieces' own (length x length) blocks are computed and kept for backward. QA rows,
+fp32, 2 cores: attention went from a third of a training step to ~ a sixth (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -59,25 +59,28 @@ def _attend(query, key, value, scale: float, starts: tuple[int, ...]):
     import torch
 
     heads, n, dim = query.shape
-    group = heads // key.shape[0]
-    key, value = key.repeat_interleave(group, dim=0), value.repeat_interleave(group, dim=0)  # (n x dim) per head
-    bias = _causal_bias(n, starts, query.dtype, query.device)
-    scores = torch.baddbmm(bias, query, key.transpose(1, 2), alpha=scale)  # (heads, n, n)
+    kv_heads = key.shape[0]
+    group = heads // kv_heads
+    q = query.reshape(kv_heads, group * n, dim)  # the query heads sharing a key/value head, one after the other
+    bias = _causal_bias(n, group, starts, query.dtype, query.device)
+    scores = torch.baddbmm(bias, q, key.transpose(1, 2), alpha=scale)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    return torch.bmm(probs, value).transpose(0, 1)
+    out = torch.bmm(probs, value)  # (kv heads, group * n, dim)
+    return out.reshape(heads, n, dim).transpose(0, 1)
 
 
-@functools.lru_cache(maxsize=64)  # one (n x n) mask per length and packing: at most 64 x 2.4 MB for 768 tokens
-def _causal_bias(n: int, starts: tuple[int, ...], dtype, device):
-    """(1, n, n) additive mask: 0 where a token sees a key (itself and the earlier tokens of its own example),
-    -inf elsewhere; `baddbmm` broadcasts it over the heads."""
+@functools.lru_cache(maxsize=256)
+def _causal_bias(n: int, group: int, starts: tuple[int, ...], dtype, device):
+    """(1, group * n, n) additive mask for `group` stacked query heads: 0 where a token sees a key (itself and
+    the earlier tokens of its own example), -inf elsewhere; `baddbmm` broadcasts it over the key/value heads."""
     import torch
 
     example = torch.zeros(n, dtype=torch.long, device=device)
     example[list(starts[1:])] = 1
     example = example.cumsum(0)
     seen = (example[:, None] == example[None, :]) & torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~seen, float("-inf")).unsqueeze(0)
+    bias = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
+    return bias.repeat(group, 1).unsqueeze(0)
 
 
 def attention_cells(row_pieces: list[list[int]], width: int) -> int:
