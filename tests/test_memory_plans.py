@@ -95,8 +95,9 @@ def test_fused_lora_layers_run_in_training_and_give_peft_back(nf4_tiny):
             peft_model.train()
             for m in layers:
                 m.register_forward_hook(lambda mod, args, out: calls.append(lora._trainable_adapter(mod, args[0])))
-            answer_loss(peft_model, {"input_ids": torch.tensor([[5, 6, 7]]), "position_ids": torch.tensor([[0, 1, 2]]),
-                                     "rows": torch.tensor([0]), "cols": torch.tensor([1]), "targets": torch.tensor([7])})
+            batch = {"input_ids": torch.tensor([[5, 6, 7]]), "position_ids": torch.tensor([[0, 1, 2]]),
+                     "rows": torch.tensor([0]), "cols": torch.tensor([1]), "targets": torch.tensor([7])}
+            answer_loss(peft_model, batch)
         assert len(calls) == len(layers) and set(calls) == {"probe"}  # every LoRA layer took the fused path
         assert not any("forward" in vars(m) or hasattr(m, "_zoo_forward_before") for m in layers)
     finally:
@@ -137,12 +138,12 @@ def test_the_planner_checkpoints_only_what_the_budget_needs():
     cost = dict(tokens=2560, attention_cells=8 * 300 * 300, dtype_bytes=4)
     plain = choose_plan(_Config, 30, budget=64 * 2**30, dense_bytes=400 * 2**20, held=10**9, **cost)
     assert plain.checkpointed == 0 and plain.dense_weights
-    full = estimate(_Config, 30, 30, dense_bytes=0, held_bytes=10**9, **cost)
+    full = estimate(_Config, 30, 30, dense_bytes=0, held=10**9, **cost)
     tight = choose_plan(_Config, 30, budget=full + 2**20, dense_bytes=400 * 2**20, held=10**9, **cost)
     assert tight.checkpointed == 30 and not tight.dense_weights  # the copies would not fit
     middle = choose_plan(_Config, 30, budget=(full + plain.estimate_bytes) // 2, held=10**9, **cost)
     assert 0 < middle.checkpointed < 30 and middle.estimate_bytes <= middle.budget_bytes
-    one_fewer = estimate(_Config, 30, middle.checkpointed - 1, dense_bytes=0, held_bytes=10**9, **cost)
+    one_fewer = estimate(_Config, 30, middle.checkpointed - 1, dense_bytes=0, held=10**9, **cost)
     assert one_fewer > middle.budget_bytes  # the fewest layers that fit
     assert choose_plan(_Config, 30, budget=64 * 2**30, at_least=30, held=10**9, **cost).checkpointed == 30
     with pytest.raises(ZooError, match="over the 1.0 GB memory budget: raise --max-memory"):

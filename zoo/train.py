@@ -202,7 +202,7 @@ def memory_plan(run: "TrainingRun", loaded):
     tokens, cells = planning_step(run.examples, train.batch_size, train.row_tokens)
     return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize,
                        budget=parse_size(train.max_memory) if train.max_memory else None,
-                       dense_bytes=dense_bytes_if_used(loaded.model) if loaded.quantized else 0,
+                       dense_bytes=dense_bytes_if_used(loaded.model),
                        at_least=trained if train.gradient_checkpointing else 0, device=loaded.device)
 
 

@@ -72,7 +72,7 @@ def _single_plain_adapter(layer, x) -> str | None:
     if len(active) != 1:
         return None
     name = active[0]
-    if not _plain(layer, name) or type(layer.lora_dropout[name]) is not torch.nn.Identity \
+    if not plain_lora(layer, name) or type(layer.lora_dropout[name]) is not torch.nn.Identity \
             or layer.lora_A[name].weight.dtype != x.dtype or layer.lora_B[name].weight.dtype != x.dtype:
         return None
     return name
@@ -89,7 +89,7 @@ def gated_mixed_forward(self, x, *args, adapter_names: list[str], **kwargs):
     variant = {k: kwargs.pop(k) for k in VARIANT_KWARGS if k in kwargs}  # never for the base layer
     if x.dim() < 2 or x.shape[0] != len(adapter_names) or not hasattr(self, "in_features") or self.training \
             or torch.is_grad_enabled() or any(v is not None for v in variant.values()) \
-            or not all(_plain(self, name) for name in uniq) \
+            or not all(plain_lora(self, name) for name in uniq) \
             or len({self.lora_A[name].weight.dtype for name in uniq}) > 1:
         return type(self)._mixed_batch_forward(self, x, *args, adapter_names=adapter_names, **variant, **kwargs)
     result = self.base_layer(x, *args, **kwargs)
@@ -104,8 +104,9 @@ def gated_mixed_forward(self, x, *args, adapter_names: list[str], **kwargs):
     return result
 
 
-def _plain(layer, name: str) -> bool:
-    """Whether adapter `name` of `layer` is plain LoRA: no variant, no biases (dropout is off at serving time)."""
+def plain_lora(layer, name: str) -> bool:
+    """Whether adapter `name` of `layer` is plain LoRA: no variant (DoRA is one), no biases; callers check dropout
+    (off at serving time; training's fused forward needs it off too)."""
     return name not in layer.lora_variant and layer.lora_A[name].bias is None and layer.lora_B[name].bias is None
 
 

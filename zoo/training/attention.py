@@ -11,8 +11,8 @@ where the position does not follow the one before), and each piece runs as
 with the query heads of one key/value head stacked (no `repeat_kv` copies), so the scale and the mask cost no
 pass of their own and only the pieces' own (length x length) blocks are computed and kept for backward. A QA step
 (fp32, 2 cores) took 11.0-11.35 s with eager attention, 10.4 s with this (docs/performance.md). Broadcasting one
-(n x n) mask over heads instead (key/value repeated per query head) measured 10.0 s against 8.65 s (one 8-step run each) for this
-layout, with every other lever on.
+(n x n) mask over heads instead (key/value repeated per query head) measured 10.0 s against 8.65 s for this
+layout (one 8-step run each, every other lever on).
 """
 
 from __future__ import annotations

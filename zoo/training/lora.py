@@ -30,8 +30,10 @@ def fused_forward(self, x, *args, **kwargs):
 
 
 def _trainable_adapter(layer, x) -> str | None:
-    """The one active plain adapter of a layer in training, or None."""
+    """The one active plain adapter of a layer in training (no dropout, A and B in one dtype), or None."""
     import torch
+
+    from zoo.serving.lora_serving import plain_lora
 
     if not layer.training or layer.disable_adapters or layer.merged:
         return None
@@ -39,10 +41,9 @@ def _trainable_adapter(layer, x) -> str | None:
     if len(active) != 1:
         return None
     name = active[0]
-    plain = not layer.use_dora.get(name, False) and layer.lora_B[name].bias is None \
-        and type(layer.lora_dropout[name]) is torch.nn.Identity
+    no_dropout = type(layer.lora_dropout[name]) is torch.nn.Identity
     same_dtype = layer.lora_A[name].weight.dtype == layer.lora_B[name].weight.dtype
-    return name if plain and same_dtype and not getattr(layer, "lora_variant", {}).get(name) else None
+    return name if plain_lora(layer, name) and no_dropout and same_dtype else None
 
 
 @contextlib.contextmanager

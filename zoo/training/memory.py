@@ -4,8 +4,8 @@ Backward needs what each trained-through layer computed in forward (~130 MB per 
 2,500 fp32 tokens: five hidden-sized tensors, four MLP-sized ones, the attention probabilities). A checkpointed
 layer keeps only its input and recomputes the rest in backward: ~2% more step time per layer for ~95% less of its
 memory. `choose_plan` takes the fastest plan whose estimate fits the budget (`--max-memory`; by default a share
-of the machine's RAM, or of a GPU's memory), i.e. the fewest checkpointed layers, the lowest first. Layers below the lowest LoRA layer
-keep nothing for backward (no gradient reaches them) and are never counted or checkpointed.
+of the machine's RAM, or of a GPU's memory), i.e. the fewest checkpointed layers, the lowest first. Layers below
+the lowest LoRA layer keep nothing for backward (no gradient reaches them) and are never counted or checkpointed.
 
 The estimate is what the process holds at the start (the base, the libraries) plus the dense copies plus
 `FRAGMENTATION` times the activations kept, plus `STEP_LAYERS` plain layers' worth for the rest of a step (the
@@ -44,7 +44,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         ckpt = "none" if not self.checkpointed else f"{self.checkpointed} of {self.trained_layers} layers"
-        return (f"memory plan: activation checkpointing {ckpt}, dense NF4 copies {'on' if self.dense_weights else 'off'}"
+        dense = "on" if self.dense_weights else "off"
+        return (f"memory plan: activation checkpointing {ckpt}, dense NF4 copies {dense}"
                 f", estimated peak {self.estimate_bytes / 2**30:.1f} GB of a {self.budget_bytes / 2**30:.1f} GB budget")
 
     def as_dict(self) -> dict:
@@ -72,18 +73,19 @@ def default_budget(device: str = "cpu") -> int:
 
 
 def held_bytes(device: str = "cpu") -> int:
-    """What the device holds before training: this process's resident memory, or a GPU's allocated bytes."""
+    """What the device holds before training: a GPU's allocated bytes, or this process's resident memory after
+    freed heap pages are handed back (an earlier run in this process, `zoo train --all`, leaves gigabytes that
+    the allocator would reuse)."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.memory_allocated(torch.device(device))
+    release_free_memory()
     return resident_bytes()
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now, after handing freed heap pages back (an earlier run in this process,
-    `zoo train --all`, leaves gigabytes that the allocator would reuse); its peak so far where /proc is missing."""
-    release_free_memory()
+    """This process's resident memory now; its peak so far where /proc is missing."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -120,11 +122,11 @@ def layer_activation_bytes(config, tokens: int, attention_cells: int, dtype_byte
 
 
 def estimate(config, trained_layers: int, checkpointed: int, tokens: int, attention_cells: int,
-             dtype_bytes: int, held_bytes: int, dense_bytes: int) -> int:
-    """Peak resident bytes of a step under one plan (see the module docstring)."""
+             dtype_bytes: int, held: int, dense_bytes: int) -> int:
+    """Peak resident bytes of a step under one plan (see the module docstring); `held`: bytes held before it."""
     plain, kept = layer_activation_bytes(config, tokens, attention_cells, dtype_bytes)
     live = (trained_layers - checkpointed + STEP_LAYERS) * plain + checkpointed * kept
-    return int(held_bytes + dense_bytes + FRAGMENTATION * live)
+    return int(held + dense_bytes + FRAGMENTATION * live)
 
 
 def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, dtype_bytes: int,
@@ -136,7 +138,7 @@ def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, 
     budget = default_budget(device) if budget is None else budget
     held = held_bytes(device) if held is None else held
     cost = functools.partial(estimate, config, trained_layers, tokens=tokens, attention_cells=attention_cells,
-                             dtype_bytes=dtype_bytes, held_bytes=held)
+                             dtype_bytes=dtype_bytes, held=held)
     k = next((k for k in range(min(at_least, trained_layers), trained_layers + 1)
               if cost(k, dense_bytes=0) <= budget), None)
     if k is None:
