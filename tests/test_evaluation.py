@@ -272,3 +272,17 @@ def test_a_later_eval_reads_the_base_answers_back_and_regenerates_what_changed(e
     assert again["base"] == result["base"] and again["ood"]["base"] == result["ood"]["base"]
     assert systems.count(NONE) == 3  # the new seed's two samples
     assert len(list((zoo.root / ".cache" / "base-answers").glob("*.json"))) == 4
+
+
+def test_ood_n_sets_the_out_of_domain_sample_alone(evaluated, tiny_base_dir, data_dir, capsys):
+    """`zoo eval --ood-n 5`: 12 rows in domain, 5 out of domain (a shorter run where fewer will do)."""
+    from zoo.cli import main
+
+    zoo, _ = evaluated
+    assert main(["eval", "sent", "--zoo", str(zoo.root), "-n", "12", "--ood-n", "5", "--data-dir", str(data_dir),
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)[0]
+    assert (printed["n"], printed["ood"]["n"]) == (12, 5)
+    with pytest.raises(SystemExit) as refused:
+        main(["eval", "sent", "--zoo", str(zoo.root), "--ood-n", "0"])
+    assert refused.value.code == 2 and "--ood-n: must be at least 1" in capsys.readouterr().err

@@ -194,12 +194,14 @@ def test_train_flags_go_through_settings_from_dict():
     from zoo.commands.train import resolve_specs
 
     args = _train_parser().parse_args(["sentiment", "--layers", "all", "--targets", "q_proj,v_proj", "-r", "4",
-                                       "--row-tokens", "64", "--warmup-ratio", "0.1", "--no-dora"])
+                                       "--row-tokens", "64", "--warmup-ratio", "0.1", "--no-dora",
+                                       "--max-examples", "all", "--time-budget", "2m"])
     spec = resolve_specs(args)[0]
     own = get_task("sentiment")
     assert own.lora.layers == 20 and spec.lora.layers is None  # "all" says every layer, over the task's 20
     assert spec.lora.module_names() == ["q_proj", "v_proj"] and spec.lora.r == 4 and spec.lora.use_dora is False
     assert spec.train.row_tokens == 64 and spec.train.warmup_ratio == 0.1
+    assert own.train.max_examples == 800 and spec.train.max_examples is None  # "all": the time budget decides
     assert spec.train.learning_rate == own.train.learning_rate  # a flag not given keeps the task's setting
     assert not any(k.startswith(("lora.", "train.")) for k in vars(_train_parser().parse_args(["sentiment"])))
 
@@ -207,7 +209,7 @@ def test_train_flags_go_through_settings_from_dict():
 @pytest.mark.parametrize("argv, message", [
     (["--batch-size", "-1"], "batch size"), (["--max-steps", "0"], "max_steps must be at least 1"),
     (["--warmup-ratio", "2"], "warmup_ratio"), (["--layers", "some"], "--layers"), (["--rank", "0"], "LoRA"),
-    (["--seed", "-3"], "seed must be at least 0"),
+    (["--seed", "-3"], "seed must be at least 0"), (["--max-examples", "0"], "--max-examples"),
 ])
 def test_out_of_range_train_settings_are_usage_errors(argv, message, tmp_path, capsys):
     from zoo.cli import main

@@ -196,11 +196,17 @@ _CACHE: dict[tuple, LoadedBase] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device: str | None = None) -> LoadedBase:
-    """Load a base once per process (NF4 + double quantization by default); later calls share the same object."""
+def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device: str | None = None,
+              dtype: str | None = None) -> LoadedBase:
+    """Load a base once per process (NF4 + double quantization by default); later calls share the same object.
+    `dtype` (fp32, bf16, fp16) fixes the compute dtype; by default the machine's best (`pick_compute_dtype`)."""
+    import torch
+
     ref = resolve_base(name)
     device = device or pick_device()
-    dtype = pick_compute_dtype(device)
+    if dtype is not None and dtype not in DTYPES:
+        raise ZooError(f"compute dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    dtype = getattr(torch, DTYPES[dtype]) if dtype else pick_compute_dtype(device)
     key = (str(ref.path), quant, device, str(dtype))  # ZOO_DTYPE may change in-process
     with _CACHE_LOCK:
         if key not in _CACHE:

@@ -137,9 +137,9 @@ def adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, da
 
 
 def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
-             batch_size: int = 16) -> dict:
-    """Base vs adapter `name` on `spec`'s eval split and on its out-of-domain set: metrics with 95% bootstrap
-    intervals, timings and a few side-by-side examples."""
+             batch_size: int = 16, ood_n: int | None = None) -> dict:
+    """Base vs adapter `name` on `n` rows of `spec`'s eval split and `ood_n` (default `n`) of its out-of-domain
+    set: metrics with 95% bootstrap intervals, timings and a few side-by-side examples."""
     rows = eval_rows(spec, n, data_dir, seed)
     scores, base, adapter = compare(runtime, name, spec, rows, (spec.dataset, spec.eval_split), seed, batch_size)
     examples = [
@@ -148,7 +148,7 @@ def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=Non
     ]
     return {
         "task": spec.name, "name": name, "split": spec.eval_split, "seed": seed, "metric": spec.primary_metric,
-        **scores, "ood": evaluate_ood(runtime, name, spec, n, data_dir, seed, batch_size),
+        **scores, "ood": evaluate_ood(runtime, name, spec, ood_n or n, data_dir, seed, batch_size),
         "seconds": {"base": round(base["seconds"], 1), "adapter": round(adapter["seconds"], 1)},
         "examples": examples,
     }

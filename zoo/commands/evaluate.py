@@ -16,6 +16,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="adapters to evaluate (default: every healthy adapter)")
     p.add_argument("-n", "--n", type=count(1), default=200,
                    help="examples per task and data set (in and out of domain), a fixed seeded sample (default 200)")
+    p.add_argument("--ood-n", type=count(1), default=None,
+                   help="examples of the out-of-domain set, when fewer than -n will do (default: -n)")
     p.add_argument("--seed", type=count(0), default=0, help="seed of the sample (default 0)")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
@@ -53,7 +55,8 @@ def on_ray(zoo, names, args) -> int:
 
     if args.tasks or args.router:
         raise ZooError("--ray evaluates adapters on their own tasks; drop --tasks/--router or --ray")
-    results, failed = eval_on_ray(zoo, names, args.n, args.seed, args.data_dir, args.batch_size, options_from(args))
+    results, failed = eval_on_ray(zoo, names, args.n, args.seed, args.data_dir, args.batch_size, options_from(args),
+                                  ood_n=args.ood_n)
     if args.json:
         print(json.dumps(results, indent=2))
     elif results:
@@ -92,7 +95,7 @@ def per_task(zoo, names, args) -> int:
         for name in names:
             spec = spec_for_adapter(zoo, name)
             result = evaluate(runtime, name, spec, n=args.n, data_dir=args.data_dir, seed=args.seed,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, ood_n=args.ood_n)
             write_task_report(zoo.reports_dir, result, read_loss_log(zoo.adapter_dir(name)))
             zoo.set_metrics(name, "eval", summary(result))
             results.append(summary(result))

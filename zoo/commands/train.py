@@ -104,8 +104,18 @@ def parse_layers(text: str):
     raise argparse.ArgumentTypeError(f"takes a number of top layers or 'all', not {text[:40]!r}")
 
 
-PARSERS = {"target_modules": parse_targets, "layers": parse_layers}
-METAVARS = {"max_memory": "SIZE", "target_modules": "PRESET|a,b", "layers": "N|all", "time_budget": "DURATION"}
+def parse_examples(text: str):
+    """A number of examples, or `all` (the setting's None: a time budget then decides how many are used)."""
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"takes a positive number of examples or 'all', not {text[:40]!r}")
+
+
+PARSERS = {"target_modules": parse_targets, "layers": parse_layers, "max_examples": parse_examples}
+METAVARS = {"max_memory": "SIZE", "target_modules": "PRESET|a,b", "layers": "N|all", "time_budget": "DURATION",
+            "max_examples": "N|all"}
 
 
 def overrides(args) -> dict[str, dict]:

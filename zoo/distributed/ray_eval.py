@@ -18,7 +18,7 @@ from zoo.errors import ZooError
 
 
 def eval_on_ray(zoo, names: list[str], n: int, seed: int, data_dir, batch_size: int, options: RayOptions,
-                quant: bool = True, on_event=None) -> tuple[list[dict], dict[str, str]]:
+                quant: bool = True, on_event=None, ood_n: int | None = None) -> tuple[list[dict], dict[str, str]]:
     """Evaluate `names` on Ray; reports and metrics land in `zoo`. Returns (summaries, failures)."""
     from tasks import spec_for_adapter
 
@@ -29,8 +29,8 @@ def eval_on_ray(zoo, names: list[str], n: int, seed: int, data_dir, batch_size: 
         folder = zoo.adapter_dir(name)
         jobs[name] = {"name": name, "entry": zoo.get(name).to_json(), "spec": spec_for_adapter(zoo, name).to_json(),
                       "files": {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()},
-                      "n": n, "seed": seed, "data_dir": data_dir, "batch_size": batch_size, "quant": quant,
-                      "cpus": options.cpus or 1}
+                      "n": n, "ood_n": ood_n, "seed": seed, "data_dir": data_dir, "batch_size": batch_size,
+                      "quant": quant, "cpus": options.cpus or 1}
     results = []
 
     def land(name: str, result: dict) -> None:
@@ -76,7 +76,7 @@ def eval_task(job: dict, progress=None) -> dict:
             spec = TaskSpec.from_json(job["spec"], where=f"adapter {name!r}'s task")
             with Runtime(zoo, quant=job["quant"]) as runtime:
                 result = evaluate(runtime, name, spec, n=job["n"], data_dir=job["data_dir"], seed=job["seed"],
-                                  batch_size=job["batch_size"])
+                                  batch_size=job["batch_size"], ood_n=job.get("ood_n"))
         except ZooError as e:  # the same input fails the same way again: no retry
             return {"error": str(e)}
     seconds = time.perf_counter() - started

@@ -6,9 +6,11 @@ pin their own FastAPI/Starlette, and ggml's OpenMP runtime should not share a pr
 runs in a worker process (`zoo.export.llama_worker`) fed the very prompt token ids the PEFT side used.
 
 For each adapter, N validation prompts of its task (its own template): the first answer token, top-1, in
-llama.cpp (embedded Q4_1 GGUF + the exported adapter) vs the project's runtime (NF4 base + PEFT adapter), the share
-of identical greedy answers, both sides' task score, and a control (llama.cpp without the adapter) that shows the
-adapter is applied at all. Results go to docs/llamacpp.md; the check fails below 95% top-1 agreement.
+llama.cpp (embedded Q4_1 GGUF + the exported adapter) vs the PEFT adapter on the same base weights (the GGUF's,
+dequantized, fp32: what the export must reproduce) and vs the project's runtime (NF4 base + PEFT adapter: what a
+different quantization of the base changes), the share of identical greedy answers, the task scores, and a control
+(llama.cpp without the adapter) that shows the adapter is applied at all. Results go to docs/llamacpp.md; the check
+fails below 95% top-1 agreement with the same-weights PEFT adapter (`zoo.export.llama_parity`).
 
 `start_llama_server(export_dir, port)` serves an export with llama-cpp-python's OpenAI server: one model alias per
 adapter (the base GGUF + that adapter's GGUF) plus `base`, for tests of `zoo serve --upstream`.
@@ -147,8 +149,9 @@ def server_config(export_dir: Path, port: int, n_ctx: int = 2048) -> dict:
 
 @contextmanager
 def start_llama_server(export_dir, port: int, venv: Path = VENV, timeout: float = 180.0):
-    """Serve `zoo export gguf`'s folder with llama-cpp-python's server (`python -m llama_cpp.server`) on 127.0.0.1:`port`; yields the OpenAI
-    base URL (`http://127.0.0.1:PORT/v1`; model = an adapter's name, or `base`). Stopped on exit."""
+    """Serve `zoo export gguf`'s folder with llama-cpp-python's server (`python -m llama_cpp.server`) on
+    127.0.0.1:`port`; yields the OpenAI base URL (`http://127.0.0.1:PORT/v1`; model = an adapter's name, or
+    `base`). Stopped on exit."""
     python = venv_python(venv)
     if not venv_ready(venv):
         raise ZooError(f"llama-cpp-python {VERSION} is not installed in {venv}; run `make llama-check` once")

@@ -1,6 +1,10 @@
-"""llama.cpp (base Q4_1 GGUF + exported adapter GGUF) vs the project's runtime (NF4 base + PEFT adapter) on the same
-prompt token ids: top-1 agreement on the first answer token, identical greedy answers, each side's task score.
-Used by `zoo.export.llama_check`; llama.cpp runs in `zoo.export.llama_worker` in the llama venv."""
+"""llama.cpp (base Q4_1 GGUF + exported adapter) vs PEFT with the same adapter, on the same prompt token ids.
+
+Two PEFT references: the adapter on the base weights llama.cpp itself holds (the GGUF's dequantized Q4_1 weights,
+unquantized, fp32: what the export must reproduce; the 95% bar applies here), and the adapter on the runtime's NF4
+base it was trained on (what changes when the base is quantized differently: reported). For each: top-1 agreement
+on the first answer token, identical greedy answers, task scores. Used by `zoo.export.llama_check`; llama.cpp runs
+in `zoo.export.llama_worker` in the llama venv."""
 
 from __future__ import annotations
 
@@ -23,11 +27,14 @@ class Parity:
     adapter: str
     task: str
     n: int
-    top1: float  # first answer token: llama.cpp + adapter == runtime + adapter
-    same_answers: float  # whole greedy answers identical (decoded text)
-    control_top1: float  # llama.cpp WITHOUT the adapter == runtime + adapter: what agreement owes to the adapter
+    top1: float  # first answer token: llama.cpp + adapter == PEFT adapter on the same (dequantized Q4_1) weights
+    same_answers: float  # whole greedy answers identical (decoded text), same reference
+    top1_nf4: float  # llama.cpp + adapter == PEFT adapter on the NF4 base (the runtime's)
+    same_answers_nf4: float
+    control_top1: float  # llama.cpp WITHOUT the adapter == PEFT adapter (same weights): what agreement owes to it
     metric: str
-    score_peft: float
+    score_peft: float  # PEFT on the same weights
+    score_nf4: float
     score_llama: float
     seconds_peft: float
     seconds_llama: float
@@ -61,53 +68,62 @@ def peft_first_tokens(runtime, name: str, prompts: list[list[int]]) -> list[int]
         return [runtime.with_adapters([name], lambda m, e, ids=ids: first(m, e, ids)) for ids in prompts]
 
 
-def compare_adapter(runtime, python: Path, export_dir: Path, name: str, n: int, data_dir=None) -> Parity:
-    """The comparison for one exported adapter, on `n` validation rows of its task (the eval sample)."""
+def peft_side(runtime, name: str, spec, prompts: list[list[int]]) -> dict:
+    """The PEFT adapter's first tokens and greedy answers on one runtime (one base), with the time taken."""
+    t0 = time.perf_counter()
+    first = peft_first_tokens(runtime, name, prompts)
+    answers = runtime.generate_ids(prompts, name, spec.max_new_tokens, batch_size=8, progress=f"{name}: PEFT")
+    return {"first": first, "answers": answers, "seconds": time.perf_counter() - t0}
+
+
+def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int, data_dir=None) -> Parity:
+    """One exported adapter on `n` validation rows of its task (the eval sample): llama.cpp against the PEFT
+    adapter on `same` (a runtime on the GGUF's weights) and on `nf4` (the NF4 runtime)."""
     from tasks import spec_for_adapter
     from zoo.evaluation import eval_rows, prompt_ids, score_outputs
 
     routes = json.loads((export_dir / "routes.json").read_text())
-    spec = spec_for_adapter(runtime.zoo, name)
+    spec = spec_for_adapter(same.zoo, name)
     rows = eval_rows(spec, n, data_dir)
-    prompts = prompt_ids(runtime, spec, rows)
-    tok = runtime.tokenizer
-    t0 = time.perf_counter()
-    first = peft_first_tokens(runtime, name, prompts)
-    peft = runtime.generate_ids(prompts, name, spec.max_new_tokens, batch_size=8, progress=f"{name}: PEFT")
-    seconds_peft = time.perf_counter() - t0
+    prompts = prompt_ids(same, spec, rows)
+    ref, quantized = peft_side(same, name, spec, prompts), peft_side(nf4, name, spec, prompts)
+    tok = same.tokenizer
     base, lora = Path(routes["base"]["gguf"]), export_dir / routes["adapters"][name]["path"]
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     answers, seconds_llama = llama_answers(python, base, lora, prompts, spec.max_new_tokens, eos)
     control, _ = llama_answers(python, base, None, prompts, 1, eos)
     llama = [tok.decode(a, skip_special_tokens=True) for a in answers]
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
+    top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
+    same_text = lambda texts: share([x.strip() == y.strip() for x, y in zip(texts, llama)])  # noqa: E731
+    score = lambda texts: float(score_outputs(spec, texts, rows)[spec.primary_metric])  # noqa: E731
     return Parity(
-        name, spec.name, len(rows),
-        top1=share([bool(a) and a[0] == f for a, f in zip(answers, first)]),
-        same_answers=share([x.strip() == y.strip() for x, y in zip(peft, llama)]),
-        control_top1=share([bool(c) and c[0] == f for c, f in zip(control, first)]),
-        metric=spec.primary_metric,
-        score_peft=float(score_outputs(spec, peft, rows)[spec.primary_metric]),
-        score_llama=float(score_outputs(spec, llama, rows)[spec.primary_metric]),
-        seconds_peft=seconds_peft, seconds_llama=seconds_llama)
+        name, spec.name, len(rows), top1=top1(ref["first"], answers), same_answers=same_text(ref["answers"]),
+        top1_nf4=top1(quantized["first"], answers), same_answers_nf4=same_text(quantized["answers"]),
+        control_top1=top1(ref["first"], control), metric=spec.primary_metric, score_peft=score(ref["answers"]),
+        score_nf4=score(quantized["answers"]), score_llama=score(llama), seconds_peft=ref["seconds"],
+        seconds_llama=seconds_llama)
 
 
 def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
+    """Every exported adapter; the same-weights runtime is the zoo's base unquantized in fp32 (the safetensors
+    the embedded base was converted to are the GGUF's Q4_1 weights dequantized)."""
     from zoo.serving.runtime import Runtime
 
     routes = json.loads((export_dir / "routes.json").read_text())
-    with Runtime(zoo) as runtime:
-        return [compare_adapter(runtime, python, export_dir, name, n, data_dir) for name in routes["adapters"]]
+    with Runtime(zoo, quant=False, dtype="fp32") as same, Runtime(zoo) as nf4:
+        return [compare_adapter(same, nf4, python, export_dir, name, n, data_dir) for name in routes["adapters"]]
 
 
 # the report ----------------------------------------------------------------------------------------------------------
 def table(results: list[Parity]) -> str:
-    lines = ["| adapter (task) | n | top-1 first token | same greedy answer | control: llama.cpp without adapter | "
-             "score PEFT / llama.cpp | seconds PEFT / llama.cpp |", "|---|---|---|---|---|---|---|"]
+    lines = ["| adapter (task) | n | top-1 first token (same weights) | same greedy answer | top-1 vs NF4 runtime | "
+             "same answer vs NF4 | control: without adapter | score PEFT / PEFT NF4 / llama.cpp | "
+             "seconds PEFT / llama.cpp |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | {r.control_top1:.1%} | "
-                     f"{r.metric} {r.score_peft:.3g} / {r.score_llama:.3g} | {r.seconds_peft:.1f} / "
-                     f"{r.seconds_llama:.1f} |")
+        lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | {r.top1_nf4:.1%} | "
+                     f"{r.same_answers_nf4:.1%} | {r.control_top1:.1%} | {r.metric} {r.score_peft:.3g} / "
+                     f"{r.score_nf4:.3g} / {r.score_llama:.3g} | {r.seconds_peft:.1f} / {r.seconds_llama:.1f} |")
     return "\n".join(lines)
 
 

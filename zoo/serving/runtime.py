@@ -37,11 +37,11 @@ def shared_identity():
 
 class Runtime:
     def __init__(self, zoo: Zoo | str | None = None, base: str | None = None, quant: bool = True,
-                 device: str | None = None):
+                 device: str | None = None, dtype: str | None = None):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         entries = self.zoo.entries() if self.zoo.manifest_path.exists() else {}
         base = base or next((e.base.id for e in entries.values() if e.base.id), DEFAULT_BASE)
-        self.loaded = load_base(base, quant=quant, device=device)
+        self.loaded = load_base(base, quant=quant, device=device, dtype=dtype)
         use_phase(self.loaded.model, SERVING)  # prefill and decode attention (zoo.serving.attention)
         self.dense_weight_bytes = use_dense_weights(self.loaded.model)  # CPU prefill in bf16, not NF4 (zoo.serving.dense)
         self.tokenizer = self.loaded.tokenizer
