@@ -110,7 +110,7 @@ def parse_examples(text: str):
         return None
     if text.isdigit() and int(text) > 0:
         return int(text)
-    raise argparse.ArgumentTypeError(f"takes a positive number of examples or 'all', not {text[:40]!r}")
+    raise argparse.ArgumentTypeError(f"must be at least 1 or 'all' (got {text[:40]!r})")
 
 
 PARSERS = {"target_modules": parse_targets, "layers": parse_layers, "max_examples": parse_examples}
