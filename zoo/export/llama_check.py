@@ -211,7 +211,7 @@ def run_check(zoo_dir, n: int, data_dir=None, docs: Path = DOCS, train_examples:
     from zoo.store import Zoo
 
     t0 = time.perf_counter()
-    cached = cached_wheel() is not None and venv_ready()
+    cached = cached_wheel() is not None  # a missing venv is rebuilt from the cached wheel in seconds
     python = ensure_venv()
     setup = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="llama-check-") as tmp:
