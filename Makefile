@@ -29,8 +29,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Each built-in task trains to a time budget (TRAIN_BUDGETS, `zoo train --time-budget`): steps and schedule are
 # planned from the measured step time, so a slower machine trains on fewer examples and a faster one on more
-# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget (the fastest plan estimated to
-# fit), so that `make run` stays under 6 GB on any machine (docs/performance.md). The router is fitted once at the
+# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the training plan (the fastest
+# plan estimated to fit; the budgeted run's example pool comes on top: 6.2 GB peak measured, docs/performance.md). The router is fitted once at the
 # end; the evaluation scores EVAL_N validation and EVAL_OOD_N out-of-domain examples per task.
 run: install
 	@for task_budget in $(TRAIN_BUDGETS); do \

@@ -41,14 +41,15 @@ def train_point(zoo_dir: Path, task: str, examples: int, setting: dict, data_dir
     from zoo.cli import main
     from zoo.store import Zoo
 
-    name = f"p{len(Zoo(zoo_dir).entries()) if (zoo_dir / 'zoo.json').exists() else 0}"
+    zoo = Zoo(zoo_dir)
+    name = f"p{len(zoo.entries()) if zoo.manifest_path.exists() else 0}"
     argv = ["train", task, "--zoo", str(zoo_dir), "--name", name, "--max-examples", str(examples), "--no-router"]
     argv += [x for k, v in setting.items() for x in (FLAGS[k], str(v))]
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     argv += ["--base", str(base)] if base else []
     if main(argv):
         raise ZooError(f"training {point_key(task, examples, setting)} failed (see above)")
-    entry = Zoo(zoo_dir).entries()[name]
+    entry = zoo.entries()[name]
     return {"name": name, "train_seconds": entry.throughput["seconds"],
             "examples_per_second": entry.throughput["examples_per_s"], "memory_plan": entry.throughput.get("memory"),
             "resolved": resolved(entry.lora, entry.train)}
