@@ -29,9 +29,10 @@ $(VENV)/.installed: pyproject.toml
 
 # Each built-in task trains to a time budget (TRAIN_BUDGETS, `zoo train --time-budget`): steps and schedule are
 # planned from the measured step time, so a slower machine trains on fewer examples and a faster one on more
-# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the training plan (the fastest
-# plan estimated to fit; the budgeted run's example pool comes on top: 6.2 GB peak measured, docs/performance.md). The router is fitted once at the
-# end; the evaluation scores EVAL_N validation and EVAL_OOD_N out-of-domain examples per task.
+# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the training plan (the
+# fastest plan estimated to fit; the budgeted run's example pool comes on top: 6.2 GB peak measured,
+# docs/performance.md). The router is fitted once at the end; the evaluation scores EVAL_N validation and
+# EVAL_OOD_N out-of-domain examples per task.
 run: install
 	@for task_budget in $(TRAIN_BUDGETS); do \
 	  $(BIN)/zoo train $${task_budget%%=*} --time-budget $${task_budget#*=} --max-examples all \

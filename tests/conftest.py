@@ -39,7 +39,7 @@ def module_tasks_restored():
 
 
 @pytest.fixture(autouse=True)
-def test_tasks_restored():
+def each_tests_tasks_restored():
     yield from _tasks_restored()
 
 
