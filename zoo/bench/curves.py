@@ -4,7 +4,7 @@ sample, with its training time. Results are appended to a JSON file as each poin
 where it was) and the report (Markdown table + plot) is rebuilt from that file.
 
     python -m zoo.bench.curves sentiment --examples 200 400 800 1600 --vary lr=5e-4,2e-3 -n 100
-    python -m zoo.bench.curves --report-only   # rebuild docs/learning-curves.{md,png} from the JSON
+    python -m zoo.bench.curves --report-only   # rebuild docs/learning-curves/{README.md,curves.png} from the JSON
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ def point_key(task: str, examples: int, setting: dict) -> str:
 
 
 def machine() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    kind = "AVX512-BF16" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else platform.machine()
-    return f"{os.cpu_count()} cores, {kind}, {os.environ.get('ZOO_DTYPE') or 'auto'} dtype"
+    """Cores, device and the compute dtype the base's own rule picks (`zoo.base`: bf16 only where the CPU has it)."""
+    from zoo.base import pick_compute_dtype, pick_device
+
+    device = pick_device()
+    dtype = str(pick_compute_dtype(device)).removeprefix("torch.")
+    return f"{os.cpu_count()} cores, {device} ({platform.machine()}), {dtype} compute"
 
 
 def train_point(zoo_dir: Path, task: str, examples: int, setting: dict, data_dir, base: str | None = None) -> dict:
