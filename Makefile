@@ -78,7 +78,7 @@ vllm-check: install vllm-venv
 
 # llama.cpp itself (llama-cpp-python, built from source once into $$ZOO_CACHE/wheels, installed in .venv-llama) on
 # the zoo's adapters exported to GGUF, vs the PEFT adapters (docs/llamacpp.md); fails below 95% top-1 agreement.
-# LLAMA_CHECK_ZOO: a trained zoo (default: small adapters trained for the check).
+# LLAMA_CHECK_ZOO: a trained zoo (default: adapters trained for the check on 256 examples per task, ~8 minutes).
 llama-check: install
 	$(BIN)/python -m zoo.export.llama_check
 	$(BIN)/python -m pytest -q tests/test_export_gguf.py

@@ -189,3 +189,18 @@ def test_adapter_that_does_not_fit_the_base_gguf_is_refused(tmp_path, tiny_base_
     assert export(zoo.root, tmp_path / "out2") == 0  # no GGUF known for a local base: written, unchecked
     assert json.loads((tmp_path / "out2" / "routes.json").read_text())["base"]["gguf"] is None
 
+
+def test_a_first_token_miss_is_reported_with_pefts_logit_lead():
+    """llama-check: for each prompt where llama.cpp's first token is not PEFT's, the table shows how far PEFT's
+    token led llama.cpp's in PEFT's logits (near-ties are flips of rounding, large leads a broken export)."""
+    import torch
+
+    from zoo.export.llama_parity import Parity, miss_gaps, table
+
+    side = {"logits": [torch.tensor([0.0, 2.0, 1.75]), torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])],
+            "first": [1, 0, 1]}
+    llama = [[2, 5], [0, 1], [1]]  # prompt 0 missed (PEFT 1 vs llama.cpp 2), the others agree
+    assert miss_gaps(side, llama) == [0.25]
+    row = table([Parity("qa", "qa", 3, 2 / 3, 1 / 3, 1 / 3, 0.0, 0.0, [0.25, 0.0625], "f1", 50, 40, 49, 1.0, 2.0)])
+    assert "| 0.062, 0.250 |" in row and row.splitlines()[1].count("---") == row.splitlines()[2].count("|") - 1
+

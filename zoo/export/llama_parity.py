@@ -32,6 +32,7 @@ class Parity:
     top1_nf4: float  # llama.cpp + adapter == PEFT adapter on the NF4 base (the runtime's)
     same_answers_nf4: float
     control_top1: float  # llama.cpp WITHOUT the adapter == PEFT adapter (same weights): what agreement owes to it
+    miss_gaps: list[float]  # per first-token miss (same weights): PEFT's logit of its token minus of llama.cpp's
     metric: str
     score_peft: float  # PEFT on the same weights
     score_nf4: float
@@ -56,12 +57,12 @@ def llama_answers(python: Path, model: Path, lora: Path | None, prompts: list[li
     return result["answers"], result["seconds"]
 
 
-def peft_first_tokens(runtime, name: str, prompts: list[list[int]]) -> list[int]:
-    """Top-1 next token after each prompt with the adapter active (one prompt per forward: no padding)."""
+def peft_first_logits(runtime, name: str, prompts: list[list[int]]) -> list:
+    """The next-token logits after each prompt with the adapter active (one prompt per forward: no padding)."""
     import torch
 
     def first(model, extra, ids):
-        return int(model(input_ids=torch.tensor([ids], device=runtime.loaded.device)).logits[0, -1].argmax())
+        return model(input_ids=torch.tensor([ids], device=runtime.loaded.device)).logits[0, -1].float().cpu()
 
     runtime.load_adapter(name)
     with runtime.lock, torch.inference_mode():
@@ -71,9 +72,17 @@ def peft_first_tokens(runtime, name: str, prompts: list[list[int]]) -> list[int]
 def peft_side(runtime, name: str, spec, prompts: list[list[int]]) -> dict:
     """The PEFT adapter's first tokens and greedy answers on one runtime (one base), with the time taken."""
     t0 = time.perf_counter()
-    first = peft_first_tokens(runtime, name, prompts)
+    logits = peft_first_logits(runtime, name, prompts)
     answers = runtime.generate_ids(prompts, name, spec.max_new_tokens, batch_size=8, progress=f"{name}: PEFT")
-    return {"first": first, "answers": answers, "seconds": time.perf_counter() - t0}
+    return {"first": [int(x.argmax()) for x in logits], "logits": logits, "answers": answers,
+            "seconds": time.perf_counter() - t0}
+
+
+def miss_gaps(side: dict, llama_answers: list[list[int]]) -> list[float]:
+    """For each prompt whose first token differs: how far ahead PEFT's token was of llama.cpp's, in logits. Small
+    gaps are near-ties that any rounding of the activations can flip, not a wrong adapter."""
+    return [round(float(row[f] - row[a[0]]), 4) for row, f, a in zip(side["logits"], side["first"], llama_answers)
+            if a and a[0] != f]
 
 
 def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int, data_dir=None) -> Parity:
@@ -100,9 +109,9 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     return Parity(
         name, spec.name, len(rows), top1=top1(ref["first"], answers), same_answers=same_text(ref["answers"]),
         top1_nf4=top1(quantized["first"], answers), same_answers_nf4=same_text(quantized["answers"]),
-        control_top1=top1(ref["first"], control), metric=spec.primary_metric, score_peft=score(ref["answers"]),
-        score_nf4=score(quantized["answers"]), score_llama=score(llama), seconds_peft=ref["seconds"],
-        seconds_llama=seconds_llama)
+        control_top1=top1(ref["first"], control), miss_gaps=miss_gaps(ref, answers), metric=spec.primary_metric,
+        score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]), score_llama=score(llama),
+        seconds_peft=ref["seconds"], seconds_llama=seconds_llama)
 
 
 def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
@@ -118,13 +127,18 @@ def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> l
 # the report ----------------------------------------------------------------------------------------------------------
 def table(results: list[Parity]) -> str:
     lines = ["| adapter (task) | n | top-1 first token (same weights) | same greedy answer | top-1 vs NF4 runtime | "
-             "same answer vs NF4 | control: without adapter | score PEFT / PEFT NF4 / llama.cpp | "
-             "seconds PEFT / llama.cpp |", "|---|---|---|---|---|---|---|---|---|"]
+             "same answer vs NF4 | control: without adapter | first-token misses: PEFT's logit lead | "
+             "score PEFT / PEFT NF4 / llama.cpp | seconds PEFT / llama.cpp |", "|---" * 10 + "|"]
     for r in results:
         lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | {r.top1_nf4:.1%} | "
-                     f"{r.same_answers_nf4:.1%} | {r.control_top1:.1%} | {r.metric} {r.score_peft:.3g} / "
-                     f"{r.score_nf4:.3g} / {r.score_llama:.3g} | {r.seconds_peft:.1f} / {r.seconds_llama:.1f} |")
+                     f"{r.same_answers_nf4:.1%} | {r.control_top1:.1%} | {_gaps(r.miss_gaps)} | "
+                     f"{r.metric} {r.score_peft:.3g} / {r.score_nf4:.3g} / {r.score_llama:.3g} | "
+                     f"{r.seconds_peft:.1f} / {r.seconds_llama:.1f} |")
     return "\n".join(lines)
+
+
+def _gaps(gaps: list[float]) -> str:
+    return ", ".join(f"{g:.3f}" for g in sorted(gaps)) if gaps else "none"
 
 
 def write_docs(docs: Path, results: list[Parity], context: dict, begin: str, end: str) -> None:
