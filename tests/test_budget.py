@@ -38,6 +38,14 @@ def test_the_plan_follows_the_measured_step_time():
     assert slowing.history == [20, 5]
 
 
+def test_the_set_up_before_the_first_step_counts_against_the_budget():
+    """train() called at 0, first step at 4 s (a busy machine), one second a step: six steps fit in 10 s, and
+    the run stops before the step that would end past 10 s."""
+    plan = BudgetPlan(seconds=10, max_steps=1000, warmup_ratio=0.0, started=0.0, steps_began=4.0)
+    stops = [plan.replan(step, now=4.0 + step) for step in range(1, 7)]
+    assert plan.history[0] == 6 and stops == [False] * 5 + [True]
+
+
 def test_the_schedule_warms_up_then_ends_at_zero_on_the_planned_step():
     plan = BudgetPlan(seconds=60, max_steps=100, warmup_ratio=0.1, total=50)
     factors = [plan.lr_factor(s) for s in range(51)]

@@ -49,7 +49,8 @@ class BudgetPlan:
     max_steps: int  # the steps the pool of examples allows
     warmup_ratio: float
     total: int = 0
-    started: float | None = None
+    started: float | None = None  # when train() was called: the budget counts its set-up too
+    steps_began: float | None = None  # when the first step began: the step time is measured from here
     history: list[int] = field(default_factory=list)  # the plan after each step (for the record and the tests)
 
     def __post_init__(self):
@@ -63,11 +64,17 @@ class BudgetPlan:
         progress = min(1.0, (step - warmup) / max(1, self.total - warmup))
         return 0.5 * (1 + math.cos(math.pi * progress))
 
+    def start_clock(self, now: float) -> None:
+        """Start the budget when train() is called (its set-up takes seconds on a busy machine)."""
+        self.started = now
+
     def replan(self, steps_done: int, now: float) -> bool:
         """Re-plan from the mean step time; True when the next step would end past the budget."""
+        began = self.steps_began if self.steps_began is not None else self.started
         elapsed = now - self.started
-        per_step = elapsed / max(1, steps_done)
-        self.total = max(steps_done, min(self.max_steps, int(self.seconds / per_step)))
+        per_step = (now - began) / max(1, steps_done)
+        fits = int((self.seconds - (began - self.started)) / per_step)  # the set-up has used part of the budget
+        self.total = max(steps_done, min(self.max_steps, fits))
         self.history.append(self.total)
         return elapsed + per_step > self.seconds or steps_done >= self.total
 
@@ -81,7 +88,9 @@ def budget_callback(plan: BudgetPlan):
         bar_owner = None  # the Trainer's ProgressCallback, set by `attach`
 
         def on_train_begin(self, args, state, control, **kwargs):
-            plan.started = time.monotonic()
+            plan.steps_began = time.monotonic()
+            if plan.started is None:
+                plan.started = plan.steps_began
 
         def on_step_end(self, args, state, control, **kwargs):
             if plan.replan(state.global_step, time.monotonic()):

@@ -317,6 +317,8 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     memory = memory_plan(run, loaded)
     print(f"[zoo] {memory.describe()}", flush=True)
     t0 = time.perf_counter()
+    if budget:
+        budget.start_clock(time.monotonic())
     with in_phase(loaded.model, TRAINING), applied(loaded.model, memory), fused_lora(model):
         trainer.train(resume_from_checkpoint=run.checkpoint)
     stats = _throughput(trainer, collator, time.perf_counter() - t0)
