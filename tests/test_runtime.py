@@ -158,3 +158,16 @@ def test_rows_that_end_leave_the_batch_and_the_answers_stay_the_same(tiny_zoo, t
     assert alone[0] != full[0] and alone[0] in full[0]
     assert batched == alone
     rt.close()
+
+
+@pytest.mark.parametrize("dtype, expected", [("fp32", 32), ("bf16", 64)])
+def test_callers_that_do_not_say_get_the_batch_size_of_the_compute_dtype(tiny_zoo, tiny_base_dir, monkeypatch,
+                                                                           dtype, expected):
+    """fp32 on a CPU: 32 rows at a time (64 is no faster there); bf16 or a GPU: 64 (docs/performance.md)."""
+    monkeypatch.setenv("ZOO_DTYPE", dtype)
+    rt = Runtime(tiny_zoo, base=str(tiny_base_dir), quant=False)
+    chunks = []
+    monkeypatch.setattr(rt, "_generate_chunk", lambda ids, names, *a: chunks.append(len(ids)) or [""] * len(ids))
+    rt.generate_ids([[1, 2, 3]] * (expected + 5), "none", 2)
+    assert rt.batch_size == expected and chunks == [expected, 5]
+    rt.close()

@@ -24,7 +24,7 @@ def prompt_ids(runtime: Runtime, spec, rows: list[dict]) -> list[list[int]]:
     return [task_prompt_ids(runtime.tokenizer, spec, r, 0, limit) for r in rows]
 
 
-def run_outputs(runtime: Runtime, spec, rows, adapter: str, batch_size: int = 16) -> tuple[list[str], float]:
+def run_outputs(runtime: Runtime, spec, rows, adapter: str, batch_size: int | None = None) -> tuple[list[str], float]:
     t0 = time.perf_counter()
     label = f"{spec.name}: {'base' if adapter == NONE else adapter}"
     outputs = runtime.generate_ids(prompt_ids(runtime, spec, rows), adapter, spec.max_new_tokens, batch_size,
@@ -38,7 +38,7 @@ def score_outputs(spec, outputs: list[str], rows: list[dict]) -> dict:
     return score(spec.metric, outputs, [spec.references(r) for r in rows], labels=spec.labels)
 
 
-def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int = 16) -> dict:
+def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int | None = None) -> dict:
     """One system's answers on a sample: outputs, time, scores and the per-example scores behind the intervals."""
     outputs, seconds = run_outputs(runtime, spec, rows, adapter, batch_size)
     return {**score_answers(spec, outputs, rows), "seconds": seconds}
@@ -52,7 +52,7 @@ def score_answers(spec, outputs: list[str], rows: list[dict]) -> dict:
             "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}
 
 
-def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int = 16) -> dict:
+def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int | None = None) -> dict:
     """The base's run on a sample, kept: every adapter of a task is compared with the same one, and a later
     `zoo eval` on the same base, prompts and settings reads the answers back from the zoo's cache instead of
     generating them again (they are re-scored each time, so a metric's fix applies to them)."""
@@ -106,7 +106,7 @@ def keep_answers(zoo, key: str, run: dict) -> None:
         pass
 
 
-def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], seed: int, batch_size: int = 16):
+def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], seed: int, batch_size: int | None = None):
     """Base vs adapter on the rows drawn with `seed` from `source` (data set, split): (scores with their 95%
     intervals, paired for the change; base run; adapter run). The resamples are seeded with the same seed."""
     from zoo.bootstrap import paired_intervals
@@ -119,7 +119,7 @@ def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], se
 
 
 def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, data_dir=None,
-                             seed: int = 0, batch_size: int = 16) -> dict:
+                             seed: int = 0, batch_size: int | None = None) -> dict:
     """One adapter's metrics on one task (used to score blends on every task)."""
     rows = eval_rows(spec, n, data_dir, seed)
     outputs, _ = run_outputs(runtime, spec, rows, adapter, batch_size)
@@ -127,7 +127,7 @@ def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFA
 
 
 def adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int | None = None) -> dict:
     """One adapter's scores on one task with their 95% intervals ({"scores", "intervals"}; `zoo eval --tasks`)."""
     from zoo.bootstrap import intervals
 
@@ -137,7 +137,7 @@ def adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFAULT_N, da
 
 
 def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
-             batch_size: int = 16, ood_n: int | None = None) -> dict:
+             batch_size: int | None = None, ood_n: int | None = None) -> dict:
     """Base vs adapter `name` on `n` rows of `spec`'s eval split and `ood_n` (default `n`) of its out-of-domain
     set: metrics with 95% bootstrap intervals, timings and a few side-by-side examples."""
     rows = eval_rows(spec, n, data_dir, seed)
@@ -155,7 +155,7 @@ def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=Non
 
 
 def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed: int = 0,
-                 batch_size: int = 16) -> dict | None:
+                 batch_size: int | None = None) -> dict | None:
     """Base vs adapter on the task's out-of-domain set (`spec.ood`), through the same loader as the eval split;
     {"skipped": why} when its data is not here, None when the task names none."""
     from zoo.data import DataMissing, load_ood_rows, ood_split

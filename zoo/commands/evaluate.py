@@ -22,8 +22,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
     p.add_argument("--router", action="store_true", help="evaluate the router instead (reports/router.md)")
-    p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=16,
-                   help="prompts generated together (default 16)")
+    p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=None,
+                   help="prompts generated together (default: 64 in bf16 or on a GPU, 32 in fp32 on a CPU)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     from zoo.distributed.ray_jobs import add_ray_flags
 
