@@ -82,7 +82,8 @@ def out_of_scope_share(runtime, router, n: int, seed: int = 0) -> dict:
     return {"n": len(prompts), "to_an_adapter": sum(a != NONE for a in chosen) / len(prompts)}
 
 
-def routing_regret(runtime, n: int = 50, data_dir=None, seed: int = 0, batch_size: int | None = None, router=None) -> dict:
+def routing_regret(runtime, n: int = 50, data_dir=None, seed: int = 0, batch_size: int | None = None,
+                   router=None) -> dict:
     """Routing regret per task the zoo serves (the runtime's zoo and router unless `router` is given)."""
     from router import adapter_map
     from tasks import spec_for_adapter
