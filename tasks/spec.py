@@ -62,8 +62,8 @@ class TrainSettings:
         "help": "recompute every trained layer's activations in backward (by default only as many layers as "
                 "--max-memory needs)"})
     max_memory: str | None = field(default=None, metadata={
-        "help": "peak memory for training (4GB, 512MB): the fastest memory plan estimated to fit; default half "
-                "the machine's RAM"})
+        "help": "peak memory for training (4GB, 512MB, or per compute dtype: bf16=5GB,fp32=6GB): the fastest "
+                "memory plan estimated to fit; default half the machine's RAM"})
     save_steps: int = field(default=25, metadata={"help": "checkpoint every N steps (for --resume)"})
     seed: int = field(default=0, metadata={"help": "seed for sampling, shuffling and init"})
     time_budget: str | None = field(default=None, metadata={
@@ -86,9 +86,9 @@ class TrainSettings:
 
             parse_duration(self.time_budget)  # a clear error now, not after the model is loaded
         if self.max_memory is not None:
-            from zoo.training.memory import parse_size
+            from zoo.training.memory import parse_budget
 
-            parse_size(self.max_memory)
+            parse_budget(self.max_memory)
         if self.optimizer not in OPTIMIZERS:
             raise ZooError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
 

@@ -165,6 +165,56 @@ def test_llama_cpp_itself_loads_the_adapter_and_it_changes_the_answer(exported):
     assert len(with_adapter[0]) == 4 and with_adapter != without
 
 
+def test_merged_gguf_is_the_expanded_base_plus_the_peft_delta(real_zoo, exported, tmp_path):
+    """`--merged`: every weight of the base GGUF dequantized to --outtype, `alpha / r * B @ A` added where the
+    adapter applies (in llama.cpp's q/k row order, as in the adapter GGUF), the base's metadata kept."""
+    out = tmp_path / "merged"
+    assert main(["export", "gguf", "sentiment", "--merged", "--outtype", "f16", "--out", str(out),
+                 "--zoo", str(real_zoo)]) == 0
+    routes = json.loads((out / "routes.json").read_text())
+    assert routes["adapters"]["sentiment"]["merged"] == "merged/sentiment.gguf"
+    merged_file, base_file = gguf.GGUFReader(out / "merged" / "sentiment.gguf"), gguf.GGUFReader(gguf_base(None).gguf)
+    merged, base = ({t.name: t for t in f.tensors} for f in (merged_file, base_file))
+    assert set(merged) == set(base)
+    lora = tensors(exported / "adapters" / "sentiment.gguf")
+    for name in ("blk.29.attn_q.weight", "blk.9.attn_q.weight", "blk.12.ffn_down.weight", "output_norm.weight"):
+        t = base[name]
+        want = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(merged[name].data.shape)
+        if name + ".lora_a" in lora:
+            a, b = (np.asarray(lora[f"{name}.lora_{x}"].data, dtype=np.float32) for x in "ab")
+            assert np.abs(b @ a).max() > 0.05  # the adapter changes this weight visibly
+            want = want + 32 / 16 * (b @ a)
+        got = np.asarray(merged[name].data, dtype=np.float32)
+        assert np.allclose(got, want, atol=2e-3, rtol=1e-3), name
+    assert merged["blk.12.ffn_down.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert merged["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    kept, was = merged_file.fields, base_file.fields
+    assert kept["general.name"].contents() == "sentiment"
+    assert kept["general.architecture"].contents() == "llama"
+    for key in ("tokenizer.ggml.tokens", "tokenizer.chat_template", "llama.attention.head_count_kv"):
+        assert kept[key].contents() == was[key].contents(), key
+
+
+def test_merged_gguf_answers_like_base_plus_adapter_in_llama_cpp(real_zoo, exported, tmp_path):
+    """In llama.cpp itself: the merged file (no LoRA at run time) and the f32-expanded base + the adapter GGUF give
+    the same greedy tokens, and differ from the base alone."""
+    from zoo.export.gguf_full import write_full_gguf
+    from zoo.export.llama_check import venv_ready, venv_python
+    from zoo.export.llama_parity import llama_answers
+
+    if not venv_ready():
+        pytest.skip("llama-cpp-python is not built here (`make llama-check` builds and caches it)")
+    out = tmp_path / "merged"
+    assert main(["export", "gguf", "sentiment", "--merged", "--out", str(out), "--zoo", str(real_zoo)]) == 0
+    expanded = tmp_path / "base-f32.gguf"
+    assert write_full_gguf(gguf_base(None).gguf, expanded) == []
+    prompts = [[1, 9690, 198, 2683, 314, 260, 1341, 30], [1, 4093, 28, 1431, 346, 17]]
+    folded, _ = llama_answers(venv_python(), out / "merged" / "sentiment.gguf", None, prompts, 6, [])
+    applied, _ = llama_answers(venv_python(), expanded, exported / "adapters" / "sentiment.gguf", prompts, 6, [])
+    alone, _ = llama_answers(venv_python(), expanded, None, prompts, 6, [])
+    assert folded == applied and folded != alone
+
+
 def test_bad_base_gguf_and_foreign_out_folder_are_refused(real_zoo, exported, tmp_path, capsys):
     not_gguf = tmp_path / "x.gguf"
     not_gguf.write_bytes(b"not a gguf at all")

@@ -8,7 +8,7 @@ from tasks import get_task
 from zoo.errors import ZooError
 from zoo.train import PackedCollator, answer_loss, attach_adapter, build_examples, planning_step
 from zoo.training import attention as packed
-from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_size
+from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_budget, parse_size
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,18 @@ def test_memory_sizes_parse(text, size):
 def test_bad_memory_sizes_say_how_to_write_one(text):
     with pytest.raises(ZooError, match="bad memory size"):
         parse_size(text)
+
+
+def test_a_budget_per_compute_dtype_gives_each_dtype_its_own_size():
+    """`--max-memory bf16=5GB,fp32=6GB` (make run's): fp32 activations take twice the bytes, so each dtype gets its
+    size; a plain size applies to any dtype; a dtype not named, or a name that is no dtype, is refused."""
+    text = "bf16=5GB, fp32=6GB"
+    assert parse_budget(text, torch.bfloat16) == 5 * 2**30
+    assert parse_budget(text, torch.float32) == 6 * 2**30
+    assert parse_budget(text) == 6 * 2**30  # checked only (task files): every size parses
+    assert parse_budget("4GB", torch.float32) == parse_budget("4GB", torch.bfloat16) == 4 * 2**30
+    with pytest.raises(ZooError, match="no budget for fp16"):
+        parse_budget(text, torch.float16)
+    for bad in ("int8=4GB", "bf16=", "bf16=lots,fp32=6GB"):
+        with pytest.raises(ZooError, match="bad memory (budget|size)"):
+            parse_budget(bad)

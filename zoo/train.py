@@ -195,13 +195,13 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
 def memory_plan(run: "TrainingRun", loaded):
     """The fastest memory plan estimated to fit the run's budget, for a step of long examples (`planning_step`)."""
     from zoo.serving.dense import dense_bytes_if_used
-    from zoo.training.memory import choose_plan, parse_size
+    from zoo.training.memory import choose_plan, parse_budget
 
     train, config = run.spec.train, loaded.model.config
     trained = min(run.spec.lora.layers or config.num_hidden_layers, config.num_hidden_layers)
     tokens, cells = planning_step(run.examples, train.batch_size, train.row_tokens)
-    return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize,
-                       budget=parse_size(train.max_memory) if train.max_memory else None,
+    budget = parse_budget(train.max_memory, loaded.compute_dtype) if train.max_memory else None
+    return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize, budget=budget,
                        dense_bytes=dense_bytes_if_used(loaded.model),
                        at_least=trained if train.gradient_checkpointing else 0, device=loaded.device)
 

@@ -57,6 +57,9 @@ def add_options(p) -> None:
     p.add_argument("--base-gguf", default=None, metavar="FILE",
                    help="the base as a GGUF file for llama-server (default: the embedded base's Q4_1 GGUF); "
                         "adapters are checked against its tensors")
+    p.add_argument("--merged", action="store_true",
+                   help="also write merged/<name>.gguf: the base GGUF's weights expanded to --outtype with the "
+                        "adapter folded in (a standalone model for llama.cpp or Ollama; needs the base GGUF)")
 
 
 # the base ---------------------------------------------------------------------------------------------------------
@@ -273,8 +276,10 @@ def write_adapter_gguf(path: Path, base: GgufBase, tensors: dict, alpha: float, 
     writer.close()
 
 
-def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f32") -> dict:
-    """Convert one healthy zoo adapter; returns what routes.json says of it."""
+def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f32",
+                   merged: Path | None = None) -> dict:
+    """Convert one healthy zoo adapter (and fold it into a copy of the base at `merged`, if given); returns what
+    routes.json says of it."""
     from tasks import spec_for_adapter
 
     folder = zoo.adapter_dir(name)
@@ -288,7 +293,13 @@ def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f
     spec = spec_for_adapter(zoo, name)
     alpha = effective_alpha(cfg)
     write_adapter_gguf(dest, base, tensors, alpha, name, spec.name, spec.templates[0])
-    return {"task": spec.name, "r": int(cfg["r"]), "alpha": alpha, "tensors": len(tensors)}
+    info = {"task": spec.name, "r": int(cfg["r"]), "alpha": alpha, "tensors": len(tensors)}
+    if merged is not None:
+        from zoo.export.gguf_full import write_full_gguf
+
+        write_full_gguf(base.gguf, merged, outtype, tensors, alpha / int(cfg["r"]), name=name)
+        info["merged"] = f"merged/{name}.gguf"
+    return info
 
 
 def routes_document(zoo, base: GgufBase, adapters: dict[str, dict]) -> dict:
@@ -335,7 +346,7 @@ exec "${{LLAMA_SERVER:-llama-server}}" -m "$BASE_GGUF" --port "${{PORT:-8080}}" 
 """
 
 
-def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str) -> dict:
+def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str, merged: bool = False) -> dict:
     """Write everything into a staging folder, then swap it in: a killed export never leaves half a folder."""
     from tqdm.auto import tqdm
 
@@ -345,8 +356,10 @@ def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str)
     staged = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "adapters").mkdir(parents=True)
+    (staged / "merged").mkdir() if merged else None
     try:
-        adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype)
+        adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype,
+                                      staged / "merged" / f"{n}.gguf" if merged else None)
                     for n in tqdm(names, desc="gguf", unit="adapter", disable=len(names) < 2, leave=False)}
         routes = routes_document(zoo, base, adapters)
         atomic_write_json(staged / ROUTES_FILE, routes)
@@ -372,10 +385,15 @@ def export_gguf(zoo, names: list[str], out, args) -> int:
         raise ZooError(f"llama-server serves one base, and these adapters were trained on {len(bases)} bases; "
                        "export each base's adapters separately")
     base = gguf_base(next(iter(entries.values())).base.id, getattr(args, "base_gguf", None))
-    routes = write_export(zoo, names, base, out, getattr(args, "outtype", "f32"))
+    merged = bool(getattr(args, "merged", False))
+    if merged and base.gguf is None:
+        raise ZooError("--merged folds each adapter into the base GGUF, and none is known for this base; "
+                       "pass it with --base-gguf")
+    routes = write_export(zoo, names, base, out, getattr(args, "outtype", "f32"), merged)
     print(f"[zoo] exported {len(names)} adapter(s) for llama.cpp to {out} (architecture {base.arch}):")
     for name, a in routes["adapters"].items():
-        print(f"[zoo]   {a['path']}  lora id {a['lora_id']}  r={a['r']} alpha={a['alpha']:g}  task {a['task']}")
+        print(f"[zoo]   {a['path']}  lora id {a['lora_id']}  r={a['r']} alpha={a['alpha']:g}  task {a['task']}"
+              + (f"  merged: {a['merged']}" if "merged" in a else ""))
     if base.gguf is None:
         print("[zoo]   no base GGUF known for this base: set BASE_GGUF when launching (or export with --base-gguf)")
     print(f"[zoo] then: {out}/launch_llama_server.sh  and  zoo serve --upstream http://127.0.0.1:8080 "

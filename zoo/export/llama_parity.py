@@ -39,6 +39,8 @@ class Parity:
     score_llama: float
     seconds_peft: float
     seconds_llama: float
+    top1_f32: float = float("nan")  # llama.cpp on the base GGUF expanded to f32 (no 8-bit activations) + adapter
+    same_answers_f32: float = float("nan")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,9 +87,11 @@ def miss_gaps(side: dict, llama_answers: list[list[int]]) -> list[float]:
             if a and a[0] != f]
 
 
-def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int, data_dir=None) -> Parity:
+def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int, data_dir=None,
+                    expanded: Path | None = None) -> Parity:
     """One exported adapter on `n` validation rows of its task (the eval sample): llama.cpp against the PEFT
-    adapter on `same` (a runtime on the GGUF's weights) and on `nf4` (the NF4 runtime)."""
+    adapter on `same` (a runtime on the GGUF's weights) and on `nf4` (the NF4 runtime); with `expanded` (the base
+    GGUF in f32), llama.cpp on it too, which separates the export from llama.cpp's 8-bit activations."""
     from tasks import spec_for_adapter
     from zoo.evaluation import eval_rows, prompt_ids, score_outputs
 
@@ -101,36 +105,46 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     answers, seconds_llama = llama_answers(python, base, lora, prompts, spec.max_new_tokens, eos)
     control, _ = llama_answers(python, base, None, prompts, 1, eos)
+    in_f32 = llama_answers(python, expanded, lora, prompts, spec.max_new_tokens, eos)[0] if expanded else None
     llama = [tok.decode(a, skip_special_tokens=True) for a in answers]
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
     top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
-    same_text = lambda texts: share([x.strip() == y.strip() for x, y in zip(texts, llama)])  # noqa: E731
+    same_text = lambda texts, other=llama: share([x.strip() == y.strip() for x, y in zip(texts, other)])  # noqa: E731
     score = lambda texts: float(score_outputs(spec, texts, rows)[spec.primary_metric])  # noqa: E731
     return Parity(
         name, spec.name, len(rows), top1=top1(ref["first"], answers), same_answers=same_text(ref["answers"]),
         top1_nf4=top1(quantized["first"], answers), same_answers_nf4=same_text(quantized["answers"]),
         control_top1=top1(ref["first"], control), miss_gaps=miss_gaps(ref, answers), metric=spec.primary_metric,
         score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]), score_llama=score(llama),
-        seconds_peft=ref["seconds"], seconds_llama=seconds_llama)
+        seconds_peft=ref["seconds"], seconds_llama=seconds_llama,
+        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], [
+            tok.decode(a, skip_special_tokens=True) for a in in_f32])} if in_f32 else {}))
 
 
 def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
     """Every exported adapter; the same-weights runtime is the zoo's base unquantized in fp32 (the safetensors
-    the embedded base was converted to are the GGUF's Q4_1 weights dequantized)."""
+    the embedded base was converted to are the GGUF's Q4_1 weights dequantized), and llama.cpp also runs on the
+    base GGUF expanded to f32 (`base-f32.gguf`, written into the export folder)."""
+    from zoo.export.gguf_full import write_full_gguf
     from zoo.serving.runtime import Runtime
 
     routes = json.loads((export_dir / "routes.json").read_text())
+    expanded = export_dir / "base-f32.gguf"
+    write_full_gguf(Path(routes["base"]["gguf"]), expanded, "f32")
     with Runtime(zoo, quant=False, dtype="fp32") as same, Runtime(zoo) as nf4:
-        return [compare_adapter(same, nf4, python, export_dir, name, n, data_dir) for name in routes["adapters"]]
+        return [compare_adapter(same, nf4, python, export_dir, name, n, data_dir, expanded)
+                for name in routes["adapters"]]
 
 
 # the report ----------------------------------------------------------------------------------------------------------
 def table(results: list[Parity]) -> str:
-    lines = ["| adapter (task) | n | top-1 first token (same weights) | same greedy answer | top-1 vs NF4 runtime | "
+    lines = ["| adapter (task) | n | top-1 first token (same weights) | same greedy answer | llama.cpp on the f32 "
+             "base: top-1 / same answer | top-1 vs NF4 runtime | "
              "same answer vs NF4 | control: without adapter | first-token misses: PEFT's logit lead | "
-             "score PEFT / PEFT NF4 / llama.cpp | seconds PEFT / llama.cpp |", "|---" * 10 + "|"]
+             "score PEFT / PEFT NF4 / llama.cpp | seconds PEFT / llama.cpp |", "|---" * 11 + "|"]
     for r in results:
-        lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | {r.top1_nf4:.1%} | "
+        lines.append(f"| {r.adapter} ({r.task}) | {r.n} | {r.top1:.1%} | {r.same_answers:.1%} | "
+                     f"{r.top1_f32:.1%} / {r.same_answers_f32:.1%} | {r.top1_nf4:.1%} | "
                      f"{r.same_answers_nf4:.1%} | {r.control_top1:.1%} | {_gaps(r.miss_gaps)} | "
                      f"{r.metric} {r.score_peft:.3g} / {r.score_nf4:.3g} / {r.score_llama:.3g} | "
                      f"{r.seconds_peft:.1f} / {r.seconds_llama:.1f} |")

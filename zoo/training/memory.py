@@ -62,6 +62,29 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+def parse_budget(text: str, dtype=None) -> int:
+    """`--max-memory`: one size ('5GB') or one per compute dtype ('bf16=5GB,fp32=6GB': fp32 activations take
+    twice the bytes, so a budget sized on one dtype does not fit the other) for the torch `dtype` training
+    computes in. Without `dtype` every size is only checked; a dtype the text does not name is refused."""
+    from zoo.base import DTYPES
+
+    if "=" not in str(text):
+        return parse_size(text)
+    sizes = {}
+    for part in str(text).split(","):
+        name, _, size = part.partition("=")
+        if name.strip() not in DTYPES or not size:
+            raise ZooError(f"bad memory budget {part.strip()!r} in {text!r}: use SIZE or DTYPE=SIZE,... with "
+                           f"DTYPE one of {', '.join(DTYPES)} (e.g. bf16=5GB,fp32=6GB)")
+        sizes[name.strip()] = parse_size(size)
+    if dtype is None:
+        return max(sizes.values())
+    dtype_name = {v: k for k, v in DTYPES.items()}.get(str(dtype).replace("torch.", ""), str(dtype))
+    if dtype_name not in sizes:
+        raise ZooError(f"--max-memory {text!r} names no budget for {dtype_name}, the dtype this machine trains in")
+    return sizes[dtype_name]
+
+
 def default_budget(device: str = "cpu") -> int:
     """`RAM_SHARE` of the memory that training fills (what `--max-memory` defaults to): the machine's RAM, or on
     a GPU its own memory."""
