@@ -268,6 +268,11 @@ def write_adapter_gguf(path: Path, base: GgufBase, tensors: dict, alpha: float, 
     writer.add_string(gguf.Keys.Adapter.LORA_TASK_NAME, task)
     writer.add_string(gguf.Keys.Adapter.LORA_PROMPT_PREFIX, prompt_prefix)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    write_tensors(writer, tensors)
+
+
+def write_tensors(writer, tensors: dict) -> None:
+    """Add `tensors` to a GGUFWriter whose metadata is set, write the file and close it."""
     for tensor_name, data in tensors.items():
         writer.add_tensor(tensor_name, data)
     writer.write_header_to_file()
@@ -356,7 +361,8 @@ def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str,
     staged = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "adapters").mkdir(parents=True)
-    (staged / "merged").mkdir() if merged else None
+    if merged:
+        (staged / "merged").mkdir()
     try:
         adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype,
                                       staged / "merged" / f"{n}.gguf" if merged else None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from zoo.errors import ZooError
 
-QUANTIZED_OUT = {"f32": "F32", "f16": "F16"}
+OUTTYPES = ("f32", "f16")  # weights of a whole-model file: never re-quantized here
 
 
 def expanded_tensors(reader, outtype: str = "f32") -> dict[str, object]:
@@ -76,8 +76,10 @@ def write_full_gguf(base_gguf: Path, out: Path, outtype: str = "f32", lora: dict
 
     import gguf
 
-    if outtype not in QUANTIZED_OUT:
-        raise ZooError(f"whole-model GGUF type {outtype!r}: one of {', '.join(QUANTIZED_OUT)}")
+    from zoo.export.gguf import write_tensors
+
+    if outtype not in OUTTYPES:
+        raise ZooError(f"whole-model GGUF type {outtype!r}: one of {', '.join(OUTTYPES)}")
     reader = gguf.GGUFReader(base_gguf)
     tensors = expanded_tensors(reader, outtype)
     changed = merge_deltas(tensors, lora, scale) if lora else []
@@ -87,12 +89,7 @@ def write_full_gguf(base_gguf: Path, out: Path, outtype: str = "f32", lora: dict
     try:
         copy_metadata(reader, writer, name)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-        for tensor_name, data in tensors.items():
-            writer.add_tensor(tensor_name, data)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        write_tensors(writer, tensors)
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)

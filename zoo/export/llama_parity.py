@@ -109,7 +109,8 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     llama = [tok.decode(a, skip_special_tokens=True) for a in answers]
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
     top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
-    same_text = lambda texts, other=llama: share([x.strip() == y.strip() for x, y in zip(texts, other)])  # noqa: E731
+    same_text = lambda texts, other=llama: share([x.strip() == y.strip()  # noqa: E731
+                                                  for x, y in zip(texts, other)])
     score = lambda texts: float(score_outputs(spec, texts, rows)[spec.primary_metric])  # noqa: E731
     return Parity(
         name, spec.name, len(rows), top1=top1(ref["first"], answers), same_answers=same_text(ref["answers"]),
@@ -117,8 +118,8 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
         control_top1=top1(ref["first"], control), miss_gaps=miss_gaps(ref, answers), metric=spec.primary_metric,
         score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]), score_llama=score(llama),
         seconds_peft=ref["seconds"], seconds_llama=seconds_llama,
-        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], [
-            tok.decode(a, skip_special_tokens=True) for a in in_f32])} if in_f32 else {}))
+        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(
+            ref["answers"], [tok.decode(a, skip_special_tokens=True) for a in in_f32])} if in_f32 else {}))
 
 
 def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
