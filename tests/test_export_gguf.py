@@ -238,6 +238,8 @@ def test_adapter_that_does_not_fit_the_base_gguf_is_refused(tmp_path, tiny_base_
     assert "does not fit the base GGUF" in capsys.readouterr().err
     assert export(zoo.root, tmp_path / "out2") == 0  # no GGUF known for a local base: written, unchecked
     assert json.loads((tmp_path / "out2" / "routes.json").read_text())["base"]["gguf"] is None
+    assert export(zoo.root, tmp_path / "out3", "--merged") == 2  # nothing to fold the adapter into
+    assert "pass it with --base-gguf" in capsys.readouterr().err and not (tmp_path / "out3").exists()
 
 
 def test_a_first_token_miss_is_reported_with_pefts_logit_lead():
