@@ -198,7 +198,7 @@ def test_merged_gguf_is_the_expanded_base_plus_the_peft_delta(real_zoo, exported
 def test_merged_gguf_answers_like_base_plus_adapter_in_llama_cpp(real_zoo, exported, tmp_path):
     """In llama.cpp itself: the merged file (no LoRA at run time) and the f32-expanded base + the adapter GGUF give
     the same greedy tokens, and differ from the base alone."""
-    from zoo.export.gguf_full import write_full_gguf
+    from zoo.export.gguf_full import expand_base, write_full_gguf
     from zoo.export.llama_check import venv_ready, venv_python
     from zoo.export.llama_parity import llama_answers
 
@@ -207,7 +207,7 @@ def test_merged_gguf_answers_like_base_plus_adapter_in_llama_cpp(real_zoo, expor
     out = tmp_path / "merged"
     assert main(["export", "gguf", "sentiment", "--merged", "--out", str(out), "--zoo", str(real_zoo)]) == 0
     expanded = tmp_path / "base-f32.gguf"
-    assert write_full_gguf(gguf_base(None).gguf, expanded) == []
+    assert write_full_gguf(expand_base(gguf_base(None).gguf), expanded) == []
     prompts = [[1, 9690, 198, 2683, 314, 260, 1341, 30], [1, 4093, 28, 1431, 346, 17]]
     folded, _ = llama_answers(venv_python(), out / "merged" / "sentiment.gguf", None, prompts, 6, [])
     applied, _ = llama_answers(venv_python(), expanded, exported / "adapters" / "sentiment.gguf", prompts, 6, [])

@@ -282,9 +282,9 @@ def write_tensors(writer, tensors: dict) -> None:
 
 
 def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f32",
-                   merged: Path | None = None) -> dict:
-    """Convert one healthy zoo adapter (and fold it into a copy of the base at `merged`, if given); returns what
-    routes.json says of it."""
+                   merged: tuple | None = None) -> dict:
+    """Convert one healthy zoo adapter (and, with `merged` = (an ExpandedBase, a path), fold it into a copy of
+    the base there); returns what routes.json says of it."""
     from tasks import spec_for_adapter
 
     folder = zoo.adapter_dir(name)
@@ -302,8 +302,9 @@ def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f
     if merged is not None:
         from zoo.export.gguf_full import write_full_gguf
 
-        write_full_gguf(base.gguf, merged, outtype, tensors, alpha / int(cfg["r"]), name=name)
-        info["merged"] = f"merged/{name}.gguf"
+        expanded, path = merged
+        write_full_gguf(expanded, path, tensors, alpha / int(cfg["r"]), name=name)
+        info["merged"] = f"merged/{path.name}"
     return info
 
 
@@ -361,11 +362,15 @@ def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str,
     staged = out.with_name(f".{out.name}.staging-{os.getpid()}")
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "adapters").mkdir(parents=True)
+    expanded = None
     if merged:
+        from zoo.export.gguf_full import expand_base
+
         (staged / "merged").mkdir()
+        expanded = expand_base(base.gguf, outtype)  # read once for every adapter's merged file
     try:
         adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype,
-                                      staged / "merged" / f"{n}.gguf" if merged else None)
+                                      (expanded, staged / "merged" / f"{n}.gguf") if merged else None)
                     for n in tqdm(names, desc="gguf", unit="adapter", disable=len(names) < 2, leave=False)}
         routes = routes_document(zoo, base, adapters)
         atomic_write_json(staged / ROUTES_FILE, routes)

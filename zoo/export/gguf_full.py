@@ -11,11 +11,31 @@ Metadata (tokenizer, chat template, hyper-parameters) is copied from the base GG
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import ZooError
 
 OUTTYPES = ("f32", "f16")  # weights of a whole-model file: never re-quantized here
+
+
+@dataclass
+class ExpandedBase:
+    """A base GGUF read and expanded once (parsing its vocabulary and dequantizing take seconds): every merged
+    file of an export starts from it."""
+
+    reader: object  # gguf.GGUFReader: the metadata to copy
+    tensors: dict[str, object]
+    outtype: str
+
+
+def expand_base(base_gguf: Path, outtype: str = "f32") -> ExpandedBase:
+    import gguf
+
+    if outtype not in OUTTYPES:
+        raise ZooError(f"whole-model GGUF type {outtype!r}: one of {', '.join(OUTTYPES)}")
+    reader = gguf.GGUFReader(base_gguf)
+    return ExpandedBase(reader, expanded_tensors(reader, outtype), outtype)
 
 
 def expanded_tensors(reader, outtype: str = "f32") -> dict[str, object]:
@@ -68,27 +88,25 @@ def copy_metadata(reader, writer, name: str | None = None) -> None:
         writer.add_key_value(field.name, value, vtype, sub_type=sub_type)
 
 
-def write_full_gguf(base_gguf: Path, out: Path, outtype: str = "f32", lora: dict | None = None,
-                    scale: float = 1.0, name: str | None = None) -> list[str]:
-    """The base GGUF at `out` with every weight in `outtype` (and `lora`'s deltas merged, if given); returns the
-    tensors the adapter changed. Written to a temporary name and renamed: a killed write leaves no half file."""
+def write_full_gguf(base: ExpandedBase, out: Path, lora: dict | None = None, scale: float = 1.0,
+                    name: str | None = None) -> list[str]:
+    """The expanded base at `out` (with `lora`'s deltas merged, if given; `base` itself is left as it was);
+    returns the tensors the adapter changed. Written to a temporary name and renamed: a killed write leaves no
+    half file."""
     import os
 
     import gguf
 
     from zoo.export.gguf import write_tensors
 
-    if outtype not in OUTTYPES:
-        raise ZooError(f"whole-model GGUF type {outtype!r}: one of {', '.join(OUTTYPES)}")
-    reader = gguf.GGUFReader(base_gguf)
-    tensors = expanded_tensors(reader, outtype)
+    tensors = dict(base.tensors)  # merge_deltas replaces the changed arrays, never writes into them
     changed = merge_deltas(tensors, lora, scale) if lora else []
-    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    arch = base.reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
     staged = out.with_name(f".{out.name}.{os.getpid()}.part")
     writer = gguf.GGUFWriter(staged, arch=arch)
     try:
-        copy_metadata(reader, writer, name)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        copy_metadata(base.reader, writer, name)
+        writer.add_file_type(gguf.LlamaFileType.ALL_F32 if base.outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
         write_tensors(writer, tensors)
         os.replace(staged, out)
     finally:
@@ -96,4 +114,4 @@ def write_full_gguf(base_gguf: Path, out: Path, outtype: str = "f32", lora: dict
     return changed
 
 
-__all__ = ["expanded_tensors", "merge_deltas", "write_full_gguf"]
+__all__ = ["ExpandedBase", "expand_base", "expanded_tensors", "merge_deltas", "write_full_gguf"]

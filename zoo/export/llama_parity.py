@@ -106,7 +106,8 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     answers, seconds_llama = llama_answers(python, base, lora, prompts, spec.max_new_tokens, eos)
     control, _ = llama_answers(python, base, None, prompts, 1, eos)
     in_f32 = llama_answers(python, expanded, lora, prompts, spec.max_new_tokens, eos)[0] if expanded else None
-    llama = [tok.decode(a, skip_special_tokens=True) for a in answers]
+    texts = lambda ids: [tok.decode(a, skip_special_tokens=True) for a in ids]  # noqa: E731
+    llama = texts(answers)
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
     top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
     same_text = lambda texts, other=llama: share([x.strip() == y.strip()  # noqa: E731
@@ -118,20 +119,20 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
         control_top1=top1(ref["first"], control), miss_gaps=miss_gaps(ref, answers), metric=spec.primary_metric,
         score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]), score_llama=score(llama),
         seconds_peft=ref["seconds"], seconds_llama=seconds_llama,
-        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(
-            ref["answers"], [tok.decode(a, skip_special_tokens=True) for a in in_f32])} if in_f32 else {}))
+        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], texts(in_f32))}
+           if in_f32 else {}))
 
 
 def compare_zoo(zoo, export_dir: Path, python: Path, n: int, data_dir=None) -> list[Parity]:
     """Every exported adapter; the same-weights runtime is the zoo's base unquantized in fp32 (the safetensors
     the embedded base was converted to are the GGUF's Q4_1 weights dequantized), and llama.cpp also runs on the
     base GGUF expanded to f32 (`base-f32.gguf`, written into the export folder)."""
-    from zoo.export.gguf_full import write_full_gguf
+    from zoo.export.gguf_full import expand_base, write_full_gguf
     from zoo.serving.runtime import Runtime
 
     routes = json.loads((export_dir / "routes.json").read_text())
     expanded = export_dir / "base-f32.gguf"
-    write_full_gguf(Path(routes["base"]["gguf"]), expanded, "f32")
+    write_full_gguf(expand_base(Path(routes["base"]["gguf"]), "f32"), expanded)
     with Runtime(zoo, quant=False, dtype="fp32") as same, Runtime(zoo) as nf4:
         return [compare_adapter(same, nf4, python, export_dir, name, n, data_dir, expanded)
                 for name in routes["adapters"]]
