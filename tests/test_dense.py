@@ -72,6 +72,34 @@ def test_with_the_fused_kernel_dense_copies_give_its_outputs_for_long_passes_onl
     assert dense.use_dense_weights(nf4_model) == size  # idempotent
 
 
+AVX2_ONLY = """
+import json, sys
+import torch
+from zoo.base import load_base
+loaded = load_base(sys.argv[1], quant=True, device="cpu")
+flags = {getattr(m, "support_avx512bf16_for_cpu", None) for m in loaded.model.modules()} - {None}
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "dtype": str(loaded.compute_dtype),
+                  "fused": sorted(flags)}))
+"""
+
+
+def test_torch_kept_to_avx2_takes_the_avx2_only_path(tiny_base_dir):
+    """`ATEN_CPU_CAPABILITY=avx2` keeps torch off AVX512, as a CPU without it is: the zoo then computes in fp32
+    and turns bitsandbytes' fused AVX512-BF16 kernel off (bitsandbytes reads the CPU's flags, not torch's),
+    whatever this CPU has. This is how the AVX2-only kind's whole path runs on any machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ZOO_DTYPE"} | {"ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", AVX2_ONLY, str(tiny_base_dir)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"capability": "AVX2", "dtype": "torch.float32",
+                                                               "fused": [False]}
+
+
 def test_dense_copy_is_the_dequantized_weight(nf4_model):
     layer = dense._nf4_layers(nf4_model)[0]
     copy = dense.dequantized(layer)

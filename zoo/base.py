@@ -185,11 +185,28 @@ def pick_compute_dtype(device: str):
 
 
 def _cpu_has_bf16() -> bool:
+    """AVX512-BF16 (or AMX) on the CPU, and torch allowed to use AVX512: `ATEN_CPU_CAPABILITY=avx2` takes the
+    AVX2-only path on any machine (bf16 matmuls then fall back to kernels ~400x slower than fp32's)."""
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _fused_nf4_only_with_bf16(model) -> None:
+    """bitsandbytes turns on its fused AVX512-BF16 NF4 kernel from the CPU's flags alone; where torch is kept
+    to AVX2 (`_cpu_has_bf16` is False) the NF4 layers take the path an AVX2-only CPU takes: dequantize, then
+    multiply (`zoo.serving.dense` keeps dense copies for that case)."""
+    if _cpu_has_bf16():
+        return
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 _CACHE: dict[tuple, LoadedBase] = {}
@@ -237,6 +254,8 @@ def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
             raise ZooError(f"4-bit loading needs bitsandbytes ({e}); install it or pass --no-quant") from None
     if not quant:
         model.to(device)
+    elif device == "cpu":
+        _fused_nf4_only_with_bf16(model)
     model.eval()
     model.requires_grad_(False)  # attention stays as loaded: each phase picks its own (zoo.serving.attention)
     tok = AutoTokenizer.from_pretrained(ref.path)
