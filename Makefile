@@ -14,6 +14,15 @@ TEST_WORKERS ?= 2
 BIN        := $(VENV)/bin
 export ZOO_DIR
 
+# AVX2=1: the path of CPUs without AVX512 (most laptops and cloud VMs), taken on any x86 machine: torch, oneDNN
+# and MKL kept to AVX2, so the zoo computes in fp32 and leaves bitsandbytes' fused AVX512-BF16 kernel off
+# (`make test AVX2=1`, `make run AVX2=1`; docs/performance.md compares it with a real AVX2-only machine).
+ifeq ($(AVX2),1)
+export ATEN_CPU_CAPABILITY := avx2
+export ONEDNN_MAX_CPU_ISA := AVX2
+export MKL_ENABLE_INSTRUCTIONS := AVX2
+endif
+
 .PHONY: install run test demo bench clean vllm-venv vllm-check llama-check
 
 install: $(VENV)/.installed

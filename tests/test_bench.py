@@ -23,6 +23,8 @@ def tiny_argv(tiny_base_dir, data_dir, tmp_path_factory):
 
 
 def test_tiny_bench_reports_every_section(tiny_argv, capsys):
+    import torch
+
     argv, out = tiny_argv
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON object
@@ -68,6 +70,7 @@ def test_tiny_bench_reports_every_section(tiny_argv, capsys):
     assert mem["base_nf4"]["quantized"] and not mem["base_fp32"]["quantized"]
     assert mem["base_fp32"]["dtype"] == "float32"
     assert {"cpu", "cores", "device", "versions"} <= set(r["machine"])
+    assert r["machine"]["torch_isa"] == torch.backends.cpu.get_cpu_capability()  # what ran, not only the CPU's name
     assert all(r["machine"]["versions"][p] for p in ("torch", "transformers", "peft", "bitsandbytes"))
     rt = r["router"]
     assert rt["batch_prompts"] == 30 and rt["single_prompts"] == 5 and rt["p99_ms"] >= rt["p50_ms"] > 0

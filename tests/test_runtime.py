@@ -85,6 +85,17 @@ def test_nf4_base_is_shared_between_calls(tiny_base_dir):
     assert any("4bit" in type(m).__name__ for m in a.model.modules())
 
 
+def test_the_same_weights_by_another_name_share_the_model_and_keep_their_name(tiny_base_dir, tmp_path):
+    """A base loaded by one name (its folder), then by another (a link to it): one model in memory, and each
+    caller's name, so a manifest records what its command named, whatever loaded first in the process."""
+    link = tmp_path / "same-base"
+    link.symlink_to(tiny_base_dir, target_is_directory=True)
+    a = load_base(str(tiny_base_dir), quant=True)
+    b = load_base(str(link), quant=True)
+    assert (a.ref.id, b.ref.id) == (str(tiny_base_dir), str(link)) and a.ref.path == b.ref.path
+    assert b.model is a.model and b.tokenizer is a.tokenizer and b.lock is a.lock
+
+
 def test_loaded_adapters_hold_their_saved_weights_and_share_one_identity(tiny_zoo, tiny_base_dir):
     from safetensors.torch import load_file
 

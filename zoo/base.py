@@ -14,7 +14,7 @@ import os
 import shutil
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from zoo.errors import ZooError
@@ -228,7 +228,10 @@ def load_base(name: str | os.PathLike = DEFAULT_BASE, quant: bool = True, device
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = _load(ref, quant, device, dtype)
-        return _CACHE[key]
+        loaded = _CACHE[key]
+    # the same weights named another way (the embedded name, then its folder): the model, tokenizer and lock
+    # are shared, the name is the caller's, so what a manifest records does not depend on what loaded first
+    return loaded if loaded.ref == ref else replace(loaded, ref=ref)
 
 
 def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:

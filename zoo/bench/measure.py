@@ -66,7 +66,10 @@ def machine_info(device: str) -> dict:
 
     from zoo.base import pick_compute_dtype
 
-    info = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    # torch_isa: the instruction set torch uses ("AVX2" where `ATEN_CPU_CAPABILITY=avx2` keeps an AVX512 CPU off
+    # AVX512: the CPU name alone would then misstate what ran)
+    info = {"cpu": _cpu_name(), "torch_isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(), "device": device,
             "compute_dtype": dtype_name(pick_compute_dtype(device)),
             "versions": {p: _version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "adapter-zoo")}}
