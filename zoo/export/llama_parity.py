@@ -106,8 +106,8 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     answers, seconds_llama = llama_answers(python, base, lora, prompts, spec.max_new_tokens, eos)
     control, _ = llama_answers(python, base, None, prompts, 1, eos)
     in_f32 = llama_answers(python, expanded, lora, prompts, spec.max_new_tokens, eos)[0] if expanded else None
-    texts = lambda ids: [tok.decode(a, skip_special_tokens=True) for a in ids]  # noqa: E731
-    llama = texts(answers)
+    decoded = lambda ids: [tok.decode(a, skip_special_tokens=True) for a in ids]  # noqa: E731
+    llama = decoded(answers)
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
     top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
     same_text = lambda texts, other=llama: share([x.strip() == y.strip()  # noqa: E731
@@ -119,7 +119,7 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
         control_top1=top1(ref["first"], control), miss_gaps=miss_gaps(ref, answers), metric=spec.primary_metric,
         score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]), score_llama=score(llama),
         seconds_peft=ref["seconds"], seconds_llama=seconds_llama,
-        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], texts(in_f32))}
+        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], decoded(in_f32))}
            if in_f32 else {}))
 
 
