@@ -186,3 +186,18 @@ def test_per_example_scores_give_back_every_number_of_score(metric, predictions,
     for key, rows in per_example.items():
         assert rows.shape[0] == len(predictions)
         assert float(from_means(key, rows.mean(axis=0))) == pytest.approx(expected[key], abs=1e-9)
+
+
+def test_rouge_leaves_a_redirected_stderr_open_through_a_later_logging_config():
+    """rouge_score's absl handler kept the stderr of its import and closed it at the next `logging.config` call
+    (uvicorn's, Gradio's) unless it was the current one: a redirected stderr (pytest's capture, Jupyter) was closed.
+    A fresh process, so that absl is imported here."""
+    import subprocess
+    import sys
+
+    code = ("import io, sys, logging.config; from zoo.metrics import score; fake = io.StringIO(); real = sys.stderr; "
+            "sys.stderr = fake; score('rouge', ['a b'], [['a b']]); sys.stderr = real; "
+            "logging.config.dictConfig({'version': 1}); print('closed' if fake.closed else 'open')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "open"

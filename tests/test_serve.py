@@ -271,6 +271,29 @@ def test_health_is_503_until_loaded_and_requests_wait_for_it(tmp_path):
         assert httpx.get(f"{url}/health").json() == {"status": "failed"}
 
 
+def test_a_local_server_leaves_the_host_process_logging_alone():
+    """An in-process server (tests, benchmarks, a notebook) must not reset its host's logging: uvicorn's default
+    `dictConfig` closes every handler the process has, which closed pytest's captured stderr under absl's handler."""
+    import logging
+
+    class Spy(logging.Handler):
+        closed = False
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    spy, loading = Spy(), threading.Event()
+    logging.getLogger("zoo-test-host").addHandler(spy)
+    try:
+        with local_server(lambda: loading.wait(30) and None, ready=False) as (url, _):
+            assert httpx.get(f"{url}/health").json() == {"status": "loading"}
+            loading.set()
+        assert not spy.closed
+    finally:
+        logging.getLogger("zoo-test-host").removeHandler(spy)
+
+
 def test_network_host_without_a_key_is_refused(capsys):
     from zoo.cli import main
 

@@ -163,7 +163,14 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 @functools.lru_cache(maxsize=1)
 def _rouge_scorer():
-    from rouge_score import rouge_scorer  # lazy: it imports nltk
+    import sys
+    from contextlib import redirect_stderr
+
+    # rouge_score imports absl, whose log handler keeps the stderr of that moment and closes it at the process's next
+    # `logging.config` call (uvicorn and Gradio make one) unless it is then the current one: under a redirected
+    # stderr (pytest, Jupyter) that closed the redirect. Imported with the process's own stderr, which it never closes.
+    with redirect_stderr(sys.__stderr__ or sys.stderr):
+        from rouge_score import rouge_scorer  # lazy: it imports nltk
 
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
 

@@ -34,7 +34,8 @@ def local_server(load_runtime: Callable, ready: bool = True, **settings):
     scheduler = Scheduler(load_runtime, config, Metrics())
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, config), log_level="warning"))
+    # log_config=None: uvicorn's default would reset the host process's logging (dictConfig closes every handler)
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, config), log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="zoo-serve")
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
