@@ -61,7 +61,7 @@ def train_point(zoo_dir: Path, task: str, examples: int, setting: dict, data_dir
 def resolved(lora: dict, train: dict) -> dict:
     """The settings a point really trained with (a task's defaults change; the record must not)."""
     return {"lr": train["learning_rate"], "r": lora["r"], "layers": lora.get("layers") or "all",
-            "row_tokens": train.get("row_tokens")}
+            "row_tokens": train.get("row_tokens"), "batch": train.get("batch_size")}
 
 
 def score_point(zoo_dir: Path, task: str, name: str, n: int, data_dir) -> dict:
