@@ -23,7 +23,7 @@ SPEC = register(TaskSpec(
     lora=LoraSettings(r=16, alpha=32),
     # from the learning-curve study (docs/learning-curves/, 100 validation rows): learning rate 1e-3 (at 240
     # examples F1 45.9 against 34.7 with 5e-4); batches of 4, as a CPU's time budget reaches few optimizer steps
-    # (at 112 examples, `make run` on an AVX2-only CPU: F1 34.3 against 26.8 with 8; at 240: 48.0 against 41.7)
+    # (at 112 examples, what `make run AVX2=1` reached with 8: F1 34.3 against 26.8; at 240: 48.0 against 41.7)
     train=TrainSettings(learning_rate=1e-3, batch_size=4, max_examples=240),
     # out of domain: COVID-19 papers (COVID-QA), SQuAD's columns; its answers are often whole clauses
     ood={"dataset": "covid_qa", "split": "test"},

@@ -18,7 +18,8 @@ def test_study_points_land_resume_and_report(tmp_path, tiny_base_dir, data_dir, 
     point = results["sentiment/8"]
     assert point["examples"] == 8 and point["n"] == 6 and point["metric"] == "accuracy"
     assert point["interval"][0] <= point["adapter"] <= point["interval"][1] and point["train_seconds"] > 0
-    assert point["resolved"] == {"lr": 1e-3, "r": 16, "layers": 20, "row_tokens": 128, "batch": 8}  # sentiment's own settings
+    # sentiment's own settings
+    assert point["resolved"] == {"lr": 1e-3, "r": 16, "layers": 20, "row_tokens": 128, "batch": 8}
 
     trained = []
     monkeypatch.setattr(curves, "train_point", lambda *a, **k: trained.append(a) or {})
