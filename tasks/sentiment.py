@@ -25,6 +25,7 @@ SPEC = register(TaskSpec(
     # early (~20% faster training) and the adapter is a third smaller
     lora=LoraSettings(r=16, alpha=32, layers=20),
     # ~60-token examples: rows of 128 tokens (two examples) spend less on masked-out attention than rows of 512
+    # (a GPU's attention; on a CPU a batch is one row with its shared prefix once, zoo.training.packing)
     train=TrainSettings(learning_rate=1e-3, batch_size=8, max_examples=800, row_tokens=128),
     # out of domain: product, movie and restaurant review sentences (UCI: Amazon, IMDb, Yelp), same columns
     ood={"dataset": "uci_sentiment", "split": "test"},

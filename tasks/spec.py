@@ -57,7 +57,9 @@ class TrainSettings:
     optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (bnb 8-bit ok)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     max_seq_len: int = field(default=768, metadata={"help": "longer prompts are cut in the middle of the passage"})
-    row_tokens: int = field(default=512, metadata={"help": "packed row length (attention cost grows with its square)"})
+    row_tokens: int = field(default=512, metadata={
+        "help": "packed row length (attention cost grows with its square); on a CPU a batch whose examples share a "
+                "prefix is one row, the prefix once (zoo.training.packing)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute every trained layer's activations in backward (by default only as many layers as "
                 "--max-memory needs)"})

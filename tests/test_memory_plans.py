@@ -24,16 +24,21 @@ def nf4_tiny(tiny_base_dir):
     return model, AutoTokenizer.from_pretrained(tiny_base_dir)
 
 
-def _batch(tokenizer, row_tokens: int, data_dir):
-    """Eight QA examples packed into rows (several examples per row, padding included)."""
+def _examples(tokenizer, data_dir, task: str = "qa"):
+    """Eight examples of `task` (QA cut to 160 tokens)."""
     from zoo.data import load_rows
 
-    spec = get_task("qa")
-    rows = load_rows(spec, "train", data_dir, limit=8, seed=0)
-    examples = build_examples(spec, tokenizer, rows, 160, seed=0)
-    batch = PackedCollator(tokenizer.pad_token_id or 0, row_tokens)(examples)
-    assert any(len(packed.piece_starts(batch["position_ids"], len(batch["input_ids"]))[r]) > 1
-               for r in range(len(batch["input_ids"])))  # the test needs rows holding several examples
+    spec = get_task(task)
+    return build_examples(spec, tokenizer, load_rows(spec, "train", data_dir, limit=8, seed=0), 160, seed=0)
+
+
+def _batch(tokenizer, row_tokens: int, data_dir, share_prefix: bool = False, task: str = "qa"):
+    """Eight examples packed into rows (several examples per row, padding included), the batch's shared prefix
+    once per row with `share_prefix`."""
+    batch = PackedCollator(tokenizer.pad_token_id or 0, row_tokens, share_prefix)(_examples(tokenizer, data_dir, task))
+    pieces = packed.pieces_of(batch["position_ids"], len(batch["input_ids"]))
+    assert any(len(starts) > 1 for starts, _ in pieces)  # the test needs rows holding several examples
+    assert share_prefix == any(p > 0 for _, firsts in pieces for p in firsts)  # and examples after a shared prefix
     return batch
 
 
@@ -74,6 +79,26 @@ def test_every_plan_gives_the_plain_paths_loss_and_gradients(nf4_tiny, data_dir,
     batch = _batch(tokenizer, row_tokens, data_dir)
     plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
     loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0), fused=True)
+    _assert_same(loss, grads, plain_loss, plain_grads)
+
+
+@pytest.mark.parametrize("task, whole_max", [("sentiment", 512), ("qa", 128)])  # the row whole / piece by piece
+@pytest.mark.parametrize("checkpointed", [0, 2])
+def test_rows_with_a_shared_prefix_give_the_unshared_rows_loss_and_gradients(nf4_tiny, data_dir, task, whole_max,
+                                                                             checkpointed, monkeypatch):
+    model, tokenizer = nf4_tiny
+    monkeypatch.setattr(packed, "WHOLE_ROW_MAX", whole_max)
+    plain = _batch(tokenizer, 96, data_dir, task=task)
+    shared = _batch(tokenizer, 96, data_dir, share_prefix=True, task=task)
+    assert shared["input_ids"].numel() < plain["input_ids"].numel()  # what sharing is for
+    assert (shared["input_ids"].shape[1] <= whole_max) == (task == "sentiment")
+    assert sorted(shared["targets"].tolist()) == sorted(plain["targets"].tolist())
+    plain_loss, plain_grads = _loss_and_grads(model, plain, "eager", None)
+    loss, grads = _loss_and_grads(model, shared, packed.NAME, MemoryPlan(checkpointed, 2, False, 0, 0), fused=True)
+    _assert_same(loss, grads, plain_loss, plain_grads)
+
+
+def _assert_same(loss, grads, plain_loss, plain_grads):
     assert loss == pytest.approx(plain_loss, rel=1e-5)
     assert grads.keys() == plain_grads.keys() and len(grads) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
     for name, g in grads.items():
@@ -130,6 +155,28 @@ def test_piece_starts_follow_the_positions():
     assert packed.piece_starts(pos, 2) == [[0, 3, 5], [0]]
 
 
+def test_an_example_after_a_shared_prefix_starts_at_the_prefix_length():
+    pos = torch.tensor([[0, 1, 2, 3, 2, 3, 0]])  # prefix [0, 1] with the first example, a second one, padding
+    assert packed.pieces_of(pos, 1) == [([0, 4, 6], [0, 2, 0])]
+    with pytest.raises(ValueError, match="no shared prefix of that length"):
+        packed.pieces_of(torch.tensor([[0, 1, 5, 6]]), 1)  # an example at position 5 after 2 tokens
+    with pytest.raises(ValueError, match="no shared prefix"):
+        packed.pieces_of(torch.tensor([[3, 4, 5]]), 1)
+
+
+def test_the_collator_puts_a_batchs_shared_prefix_once_in_one_row():
+    prefix = list(range(100, 110))  # 10 shared tokens (>= MIN_SHARED)
+    feats = [{"input_ids": prefix + [1, 2, 3], "n_prompt": 12}, {"input_ids": prefix + [4, 5], "n_prompt": 11},
+             {"input_ids": prefix + [6, 7, 8, 9], "n_prompt": 13}]
+    batch = PackedCollator(row_tokens=20, share_prefix=True)(feats)
+    assert batch["input_ids"].tolist() == [prefix + [1, 2, 3, 4, 5, 6, 7, 8, 9]]  # one row, no padding
+    assert batch["position_ids"].tolist() == [list(range(13)) + [10, 11, 10, 11, 12, 13]]
+    assert batch["targets"].tolist() == [3, 5, 9] and batch["cols"].tolist() == [11, 13, 17]  # each last token
+    assert PackedCollator(row_tokens=20)(feats)["input_ids"].shape == (3, 14)  # unshared: the prefix 3 times
+    short = [{"input_ids": [1, 2, 3, 4, 5], "n_prompt": 4}, {"input_ids": [1, 2, 3, 4, 6], "n_prompt": 4}]
+    assert PackedCollator(share_prefix=True)(short)["input_ids"].shape == (1, 10)  # too short to be worth it
+
+
 class _Config:
     hidden_size, intermediate_size, num_attention_heads = 576, 1536, 9
 
@@ -152,10 +199,13 @@ def test_the_planner_checkpoints_only_what_the_budget_needs():
 
 
 def test_the_planning_step_is_a_batch_of_long_examples_packed_as_the_collator_packs():
-    examples = [{"input_ids": [1] * n} for n in [900] + [200] * 9 + [60] * 10]  # 90th percentile: 200 tokens
-    tokens, cells = planning_step(examples, batch_size=3, row_tokens=512)
-    assert tokens == 2 * 400  # [200, 200] and [200] -> two rows of the widest fill
-    assert cells == 4 * 200 ** 2  # example by example: [200, 200] and [200, 200 of padding]
+    examples = [{"input_ids": [1] * n} for n in [900] + [300] * 9 + [60] * 10]  # 90th percentile: 300 tokens
+    tokens, cells = planning_step(examples, batch_size=3, row_tokens=700)
+    assert tokens == 2 * 600  # [300, 300] and [300] -> two rows of the widest fill
+    assert cells == 4 * 300 ** 2  # example by example (rows over WHOLE_ROW_MAX): [300, 300], [300, 300 of padding]
+    tokens, cells = planning_step(examples, batch_size=3, row_tokens=700, shared=50)
+    assert tokens == 50 + 3 * 250  # one row: the prefix once, then the three examples' own tokens
+    assert cells == 300 ** 2 + 2 * 250 * 300  # the first example with the prefix, the others each see it too
 
 
 @pytest.mark.parametrize("text,size", [("4GB", 4 * 2**30), ("512 mb", 512 * 2**20), ("1.5g", int(1.5 * 2**30))])

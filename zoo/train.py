@@ -1,7 +1,8 @@
 """Training one QLoRA adapter per task on the shared base: packed rows, loss on answer tokens only.
 
 Why it is faster than the usual recipe (see `zoo bench`):
-- examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and
+- examples are packed into one row with restarting `position_ids` (no pad tokens, no 2D mask), and the
+  prefix a batch shares (the chat template's system prompt) runs once per row (`zoo.training.packing`), and
 - the LM head runs only at answer positions: the 49k-word head is ~20% of the FLOPs, and
 - `--layers N` puts LoRA on the top N layers only, so backward stops there (no input grads are switched on),
 - on a CPU, each packed example attends to itself only, scale and mask fused (`zoo.training.attention`), and
@@ -28,6 +29,7 @@ from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json
 from zoo.manifest import BaseInfo, Entry
 from zoo.prompting import target_ids, task_prompt_ids
+from zoo.training.packing import PackedCollator, pack_rows, planning_step, shared_length  # noqa: F401
 
 
 # data ---------------------------------------------------------------------------
@@ -40,70 +42,6 @@ def build_examples(spec, tokenizer, rows: list[dict], max_len: int, seed: int) -
         prompt = task_prompt_ids(tokenizer, spec, row, rng.randrange(len(spec.templates)), max_len - len(answer))
         out.append({"input_ids": prompt + answer, "n_prompt": len(prompt)})
     return out
-
-
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: group example indices into rows of at most `capacity` tokens."""
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
-        if slot is None:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-        else:
-            rows[slot].append(i)
-            room[slot] -= lengths[i]
-    return rows
-
-
-class PackedCollator:
-    """Packs a batch of examples into a few rows of about `row_tokens` tokens; positions restart per example.
-
-    With `attention_mask=None` and restarting `position_ids`, transformers builds a block-diagonal causal mask,
-    so packed examples never see each other. Rows stay short because attention cost grows with the square of
-    the row length (one 2,000-token row spends more on masked-out attention than on the whole MLP). The few
-    pad tokens that even the rows out form a block of their own, and no logits are computed for them:
-    `rows`/`cols` index only the positions that predict answer tokens.
-    """
-
-    def __init__(self, pad_id: int = 0, row_tokens: int = 512):
-        self.pad_id = pad_id
-        self.row_tokens = row_tokens
-        self.batches: list[tuple[int, int]] = []  # (real examples, tokens) per batch made, for throughput
-
-    def trained(self, batches: int) -> tuple[int, int]:
-        """Examples and tokens (no padding) in the first `batches` batches: the data loader makes one batch ahead,
-        which a run stopped early (a budget, max_steps) never trains on."""
-        return sum(b[0] for b in self.batches[:batches]), sum(b[1] for b in self.batches[:batches])
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        lengths = [len(f["input_ids"]) for f in features]
-        self.batches.append((len(lengths), sum(lengths)))
-        groups = pack_rows(lengths, max(self.row_tokens, max(lengths)))
-        width = max(sum(lengths[i] for i in g) for g in groups)
-        ids, pos, rows, cols, targets = [], [], [], [], []
-        for r, group in enumerate(groups):
-            row_ids, row_pos = [], []
-            for i in group:
-                seq, p = features[i]["input_ids"], features[i]["n_prompt"]
-                cols += range(len(row_ids) + p - 1, len(row_ids) + len(seq) - 1)
-                rows += [r] * (len(seq) - p)
-                targets += seq[p:]
-                row_ids += seq
-                row_pos += range(len(seq))
-            pad = width - len(row_ids)
-            ids.append(row_ids + [self.pad_id] * pad)
-            pos.append(row_pos + list(range(pad)))
-        return {
-            "input_ids": torch.tensor(ids),
-            "position_ids": torch.tensor(pos),
-            "rows": torch.tensor(rows),
-            "cols": torch.tensor(cols),
-            "targets": torch.tensor(targets),
-        }
 
 
 def answer_loss(model, inputs: dict):
@@ -199,24 +137,20 @@ def memory_plan(run: "TrainingRun", loaded):
 
     train, config = run.spec.train, loaded.model.config
     trained = min(run.spec.lora.layers or config.num_hidden_layers, config.num_hidden_layers)
-    tokens, cells = planning_step(run.examples, train.batch_size, train.row_tokens)
+    shared = shared_length(run.examples) if shares_prefix(loaded) else 0
+    tokens, cells = planning_step(run.examples, train.batch_size, train.row_tokens, shared)
     budget = parse_budget(train.max_memory, loaded.compute_dtype) if train.max_memory else None
     return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize, budget=budget,
                        dense_bytes=dense_bytes_if_used(loaded.model),
                        at_least=trained if train.gradient_checkpointing else 0, device=loaded.device)
 
 
-def planning_step(examples: list[dict], batch_size: int, row_tokens: int) -> tuple[int, int]:
-    """Tokens and attention cells (per head) of a batch of examples of the 90th-percentile length, packed as the
-    collator packs: the steps the memory estimate was fitted on (peaks over whole runs). Planning for the
-    longest examples overestimated a QA run's peak 2.3x and checkpointed layers for nothing."""
-    from zoo.training.attention import attention_cells
+def shares_prefix(loaded) -> bool:
+    """Whether a batch's rows carry its shared prefix once (`zoo.training.packing`): only the CPU's training
+    attention reads that layout; another (a GPU's) would hide the prefix from all but one example."""
+    from zoo.serving.attention import PACKED, TRAINING, attention_for
 
-    ranked = sorted((len(e["input_ids"]) for e in examples), reverse=True) or [1]
-    lengths = [ranked[len(ranked) // 10]] * batch_size
-    groups = pack_rows(lengths, max(row_tokens, lengths[0]))
-    width = max(sum(lengths[i] for i in g) for g in groups)
-    return len(groups) * width, attention_cells([[lengths[i] for i in g] for g in groups], width)
+    return attention_for(loaded.model, TRAINING) == PACKED
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
@@ -306,7 +240,7 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     steps = total_steps(train, len(run.examples))
     args["warmup_steps"] = int(steps * train.warmup_ratio)
     args["logging_steps"] = max(1, min(5, steps // 10))  # a loss curve even for short runs
-    collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens)
+    collator = PackedCollator(loaded.tokenizer.pad_token_id or 0, train.row_tokens, share_prefix=shares_prefix(loaded))
     trainer = make_trainer(model, run.examples, args, collator, callbacks)
     budget = BudgetPlan(parse_duration(train.time_budget), steps, train.warmup_ratio) if train.time_budget else None
     if budget:

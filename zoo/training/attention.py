@@ -20,7 +20,10 @@ from __future__ import annotations
 import functools
 
 NAME = "zoo_packed"
-WHOLE_ROW_MAX = 256  # rows up to this long run as one block with a block-diagonal mask (sentiment's 128 rows)
+# rows up to this long run as one block with a block-diagonal mask: a sentiment batch (its shared prefix once, 8
+# examples, ~290 tokens) trained at 7.9 examples/s with 512, 7.0 with 320 (longer rows went example by example)
+# and 6.4 with 256 (fp32, AVX2 only; docs/performance.md)
+WHOLE_ROW_MAX = 512
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -35,36 +38,55 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     batch, heads, length, dim = query.shape
     scale = dim ** -0.5 if scaling is None else scaling
     rows = []
-    for b, starts in enumerate(piece_starts(position_ids, batch)):
+    for b, (starts, firsts) in enumerate(pieces_of(position_ids, batch)):
         if length <= WHOLE_ROW_MAX:  # short rows: one op per row beats one per example (per-call overhead)
-            rows.append(_attend(query[b], key[b], value[b], scale, tuple(starts)))
+            rows.append(_attend(query[b], key[b], value[b], scale, tuple(starts), tuple(firsts)))
             continue
-        ends = starts[1:] + [length]
-        rows.append(torch.cat([_attend(query[b, :, s:e], key[b, :, s:e], value[b, :, s:e], scale, (0,))
-                               for s, e in zip(starts, ends)], dim=0))
+        out = []
+        for s, e, p in zip(starts, starts[1:] + [length], firsts):
+            k, v = key[b, :, s:e], value[b, :, s:e]
+            if p:  # the row's shared prefix first: this example sees it, then itself
+                k, v = torch.cat([key[b, :, :p], k], dim=1), torch.cat([value[b, :, :p], v], dim=1)
+            out.append(_attend(query[b, :, s:e], k, v, scale, (0, p) if p else (0,), (0, p) if p else (0,)))
+        rows.append(torch.cat(out, dim=0))
     return torch.stack(rows), None
 
 
 def piece_starts(position_ids, batch: int) -> list[list[int]]:
     """Per row, the offsets where a packed example starts (its position does not follow the previous one)."""
+    return [starts for starts, _ in pieces_of(position_ids, batch)]
+
+
+def pieces_of(position_ids, batch: int) -> list[tuple[list[int], list[int]]]:
+    """Per row, the offsets where a packed example starts and its first position: an example that starts at
+    position p > 0 follows the row's shared prefix (`zoo.training.packing`), its first p tokens, and sees them."""
     import torch
 
     pos = position_ids.expand(batch, -1) if position_ids.shape[0] == 1 else position_ids
     new = torch.ones_like(pos, dtype=torch.bool)
     new[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
-    return [row.nonzero().flatten().tolist() for row in new]
+    out = []
+    for row, flags in zip(pos, new):
+        starts = flags.nonzero().flatten().tolist()
+        firsts = row[starts].tolist()
+        if any(p > s for s, p in zip(starts, firsts)) or (firsts and firsts[0]):
+            raise ValueError(f"{NAME} attention: a packed example starts at position {max(firsts)} but no shared "
+                             "prefix of that length begins its row")
+        out.append((starts, firsts))
+    return out
 
 
-def _attend(query, key, value, scale: float, starts: tuple[int, ...]):
-    """Query (heads, n, dim), key/value (kv heads, n, dim) -> (n, heads, dim); each packed example (from each
-    offset in `starts`) attends causally to itself."""
+def _attend(query, key, value, scale: float, starts: tuple[int, ...], firsts: tuple[int, ...]):
+    """Query (heads, n, dim), key/value (kv heads, m >= n, dim) -> (n, heads, dim), the queries being the last n
+    of the m keys' tokens; each packed example (from each offset in `starts`) attends causally to itself and to
+    the first `firsts[i]` tokens (its shared prefix)."""
     import torch
 
     heads, n, dim = query.shape
-    kv_heads = key.shape[0]
+    kv_heads, m = key.shape[0], key.shape[1]
     group = heads // kv_heads
     q = query.reshape(kv_heads, group * n, dim)  # the query heads sharing a key/value head, one after the other
-    bias = _causal_bias(n, group, starts, query.dtype, query.device)
+    bias = _causal_bias(m, n, group, starts, firsts, query.dtype, query.device)
     scores = torch.baddbmm(bias, q, key.transpose(1, 2), alpha=scale)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
     out = torch.bmm(probs, value)  # (kv heads, group * n, dim)
@@ -72,25 +94,34 @@ def _attend(query, key, value, scale: float, starts: tuple[int, ...]):
 
 
 @functools.lru_cache(maxsize=32)  # a step has a few lengths, each layer reuses them: <= 32 x 7 MB at 768 tokens
-def _causal_bias(n: int, group: int, starts: tuple[int, ...], dtype, device):
-    """(1, group * n, n) additive mask for `group` stacked query heads: 0 where a token sees a key (itself and
-    the earlier tokens of its own example), -inf elsewhere; `baddbmm` broadcasts it over the key/value heads."""
+def _causal_bias(m: int, n: int, group: int, starts: tuple[int, ...], firsts: tuple[int, ...], dtype, device):
+    """(1, group * n, m) additive mask for `group` stacked query heads (the last n of m tokens): 0 where a token
+    sees a key (itself and the earlier tokens of its own example, or its example's shared prefix), -inf
+    elsewhere; `baddbmm` broadcasts it over the key/value heads."""
     import torch
 
-    example = torch.zeros(n, dtype=torch.long, device=device)
+    example = torch.zeros(m, dtype=torch.long, device=device)
     example[list(starts[1:])] = 1
     example = example.cumsum(0)
-    seen = (example[:, None] == example[None, :]) & torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    bias = torch.zeros(n, n, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
+    prefix = torch.tensor(firsts, device=device)[example]  # per token: its example's shared prefix length
+    keys = torch.arange(m, device=device)
+    seen = ((example[:, None] == example[None, :]) & torch.ones(m, m, dtype=torch.bool, device=device).tril()
+            | (keys[None, :] < prefix[:, None]))[m - n:]
+    bias = torch.zeros(n, m, dtype=dtype, device=device).masked_fill_(~seen, float("-inf"))
     return bias.repeat(group, 1).unsqueeze(0)
 
 
-def attention_cells(row_pieces: list[list[int]], width: int) -> int:
+def attention_cells(row_pieces: list[list[int]], width: int, shared: int = 0) -> int:
     """Attention scores one head computes and keeps for a batch of packed rows (the memory plan's estimate):
-    a short row as a whole, a long one example by example (each row's padding is one more piece)."""
+    a short row as a whole, a long one example by example (each row's padding is one more piece; an example
+    after the first also scores the `shared` prefix tokens the row starts with)."""
     if width <= WHOLE_ROW_MAX:
         return len(row_pieces) * width * width
-    return sum(n * n for pieces in row_pieces for n in [*pieces, width - sum(pieces)])
+    cells = 0
+    for pieces in row_pieces:
+        pad = width - sum(pieces)
+        cells += pieces[0] ** 2 + sum(n * (shared + n) for n in pieces[1:]) + pad ** 2
+    return cells
 
 
 def no_mask(*args, **kwargs):
