@@ -10,10 +10,13 @@ the lowest LoRA layer keep nothing for backward (no gradient reaches them) and a
 The estimate is what the process holds at the start (the base, the libraries) plus the dense copies plus
 `FRAGMENTATION` times the activations kept, plus `STEP_LAYERS` plain layers' worth for the rest of a step (the
 layer being recomputed, gradients, the loss): glibc's allocator keeps freed blocks that later tensors do not fit,
-so a step's peak resident size is about twice the bytes alive at once. Both constants are fitted to QA and
-sentiment steps on SmolLM2 (fp32, 0 / 15 / 30 checkpointed layers; docs/performance.md): the estimate was within
--14% / +12% of the measured peaks; in bf16 (`make run`) QA 3.8 GB estimated / 3.6 GB measured, summarization
-4.8 / 4.7 GB. On a GPU the caching allocator fragments differently: the same constants, not fitted there.
+so a step's peak resident size is well above the bytes alive at once. Activations count 4 bytes per element
+whatever the compute dtype: a bf16 QA step keeps 1634 MiB for backward against 1596 MiB in fp32 (two thirds of
+it fp32 tensors: RMSNorm upcasts, the softmax keeps fp32), measured with saved-tensor hooks. `FRAGMENTATION` per
+compute dtype is fitted to the six training processes of `make run` and `make run AVX2=1` (session 16,
+docs/performance.md): the highest peak / activation ratio of each dtype (bf16 2.42-2.48 and 1.71 for the
+checkpointed summarization; fp32 1.15-1.47), so the estimate errs high. On a GPU the caching allocator
+fragments differently: the same constants, not fitted there.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from dataclasses import dataclass
 
 from zoo.errors import ZooError
 
-FRAGMENTATION = 2.3  # peak resident bytes per activation byte kept (fitted, docs/performance.md)
-STEP_LAYERS = 10  # the rest of a step, in plain layers' activations (fitted with FRAGMENTATION)
+# peak resident bytes per activation byte kept, by compute dtype size (fitted, docs/performance.md); a bf16 step
+# casts more (fp32 norms and softmax beside bf16 matmuls), and its freed blocks fit later tensors worse
+FRAGMENTATION = {4: 1.5, 2: 2.5}
+ACTIVATION_BYTES = 4  # bytes a step keeps per activation element, in bf16 as in fp32 (measured, see above)
+STEP_LAYERS = 10  # the rest of a step, in plain layers' activations
 RAM_SHARE = 0.5  # default budget: this share of the machine's memory
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
@@ -138,9 +144,10 @@ def peak_rss_bytes() -> int:
 
 def layer_activation_bytes(config, tokens: int, attention_cells: int, dtype_bytes: int) -> tuple[int, int]:
     """(kept by a plain layer, kept by a checkpointed one) for one step: five hidden-sized and four MLP-sized
-    tensors per token, plus the attention probabilities (fp32, `attention_cells` per head)."""
+    tensors per token, plus the attention probabilities (`attention_cells` per head), at `ACTIVATION_BYTES`;
+    a checkpointed layer keeps its input, in the compute dtype."""
     hidden, inner = config.hidden_size, config.intermediate_size
-    plain = tokens * (5 * hidden + 4 * inner) * dtype_bytes + 4 * config.num_attention_heads * attention_cells
+    plain = (tokens * (5 * hidden + 4 * inner) + config.num_attention_heads * attention_cells) * ACTIVATION_BYTES
     return plain, tokens * hidden * dtype_bytes
 
 
@@ -149,7 +156,7 @@ def estimate(config, trained_layers: int, checkpointed: int, tokens: int, attent
     """Peak resident bytes of a step under one plan (see the module docstring); `held`: bytes held before it."""
     plain, kept = layer_activation_bytes(config, tokens, attention_cells, dtype_bytes)
     live = (trained_layers - checkpointed + STEP_LAYERS) * plain + checkpointed * kept
-    return int(held + dense_bytes + FRAGMENTATION * live)
+    return int(held + dense_bytes + FRAGMENTATION.get(dtype_bytes, max(FRAGMENTATION.values())) * live)
 
 
 def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, dtype_bytes: int,
