@@ -7,9 +7,9 @@ ZOO_DIR    ?= zoo-out
 EVAL_N     ?= 200
 EVAL_OOD_N ?= 100
 TRAIN_BUDGETS ?= sentiment=2m qa=5m summarization=4m
-# The training memory plan's budget per compute dtype (`zoo train --max-memory`, GiB): the plan's estimate errs
-# high, and 5.5 GiB of fp32 (CPUs without AVX512-BF16; held bytes and dense copies twice bf16's) peaked at
-# 4.7-5.1 GB in the runs it was fitted on (docs/performance.md, "The memory plan").
+# The training memory plan's budget per compute dtype (`zoo train --max-memory`, GiB; fp32 on CPUs without
+# AVX512-BF16 holds twice the weight bytes): the plan's estimate errs high, and the largest peaks measured under
+# these budgets were 5.2 GB (QA, bf16) and 4.6 GB (summarization, fp32; docs/performance.md, "The memory plan").
 TRAIN_MEMORY ?= bf16=5GB,fp32=5.5GB,fp16=5GB
 TEST_WORKERS ?= 2
 BIN        := $(VENV)/bin
