@@ -6,9 +6,10 @@ import torch
 
 from tasks import get_task
 from zoo.errors import ZooError
-from zoo.train import PackedCollator, answer_loss, attach_adapter, build_examples, planning_step
+from zoo.train import answer_loss, attach_adapter, build_examples
 from zoo.training import attention as packed
 from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_budget, parse_size
+from zoo.training.packing import PackedCollator, planning_step
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,8 @@ def _examples(tokenizer, data_dir, task: str = "qa"):
 
 
 def _batch(tokenizer, row_tokens: int, data_dir, share_prefix: bool = False, task: str = "qa"):
-    """Eight examples packed into rows (several examples per row, padding included), the batch's shared prefix
-    once per row with `share_prefix`."""
+    """Eight examples packed into rows (several examples per row, padding included); with `share_prefix`, one
+    row with the batch's shared prefix once."""
     batch = PackedCollator(tokenizer.pad_token_id or 0, row_tokens, share_prefix)(_examples(tokenizer, data_dir, task))
     pieces = packed.pieces_of(batch["position_ids"], len(batch["input_ids"]))
     assert any(len(starts) > 1 for starts, _ in pieces)  # the test needs rows holding several examples
@@ -152,7 +153,7 @@ def test_packed_attention_refuses_what_it_is_not_for():
 
 def test_piece_starts_follow_the_positions():
     pos = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
-    assert packed.piece_starts(pos, 2) == [[0, 3, 5], [0]]
+    assert [starts for starts, _ in packed.pieces_of(pos, 2)] == [[0, 3, 5], [0]]
 
 
 def test_an_example_after_a_shared_prefix_starts_at_the_prefix_length():

@@ -6,7 +6,8 @@ import torch
 
 from tasks import get_task
 from zoo.base import load_base
-from zoo.train import PackedCollator, answer_loss, build_examples, pack_rows
+from zoo.train import answer_loss, build_examples
+from zoo.training.packing import PackedCollator, pack_rows
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from zoo.errors import ZooError
 from zoo.fsutil import atomic_write_json
 from zoo.manifest import BaseInfo, Entry
 from zoo.prompting import target_ids, task_prompt_ids
-from zoo.training.packing import PackedCollator, pack_rows, planning_step, shared_length  # noqa: F401
+from zoo.training.packing import PackedCollator, planning_step, shared_length
 
 
 # data ---------------------------------------------------------------------------

@@ -45,21 +45,17 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         out = []
         for s, e, p in zip(starts, starts[1:] + [length], firsts):
             k, v = key[b, :, s:e], value[b, :, s:e]
-            if p:  # the row's shared prefix first: this example sees it, then itself
+            pieces = (0, p) if p else (0,)  # the row's shared prefix first: this example sees it, then itself
+            if p:
                 k, v = torch.cat([key[b, :, :p], k], dim=1), torch.cat([value[b, :, :p], v], dim=1)
-            out.append(_attend(query[b, :, s:e], k, v, scale, (0, p) if p else (0,), (0, p) if p else (0,)))
+            out.append(_attend(query[b, :, s:e], k, v, scale, pieces, pieces))
         rows.append(torch.cat(out, dim=0))
     return torch.stack(rows), None
 
 
-def piece_starts(position_ids, batch: int) -> list[list[int]]:
-    """Per row, the offsets where a packed example starts (its position does not follow the previous one)."""
-    return [starts for starts, _ in pieces_of(position_ids, batch)]
-
-
 def pieces_of(position_ids, batch: int) -> list[tuple[list[int], list[int]]]:
-    """Per row, the offsets where a packed example starts and its first position: an example that starts at
-    position p > 0 follows the row's shared prefix (`zoo.training.packing`), its first p tokens, and sees them."""
+    """Per row, the offsets where a packed example starts (its position does not follow the previous one) and its
+    first position: an example that starts at position p > 0 follows the row's shared prefix (`zoo.training.packing`), its first p tokens, and sees them."""
     import torch
 
     pos = position_ids.expand(batch, -1) if position_ids.shape[0] == 1 else position_ids

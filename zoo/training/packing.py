@@ -11,7 +11,6 @@ One row is no dearer in attention: past `WHOLE_ROW_MAX` tokens it goes example b
 
 from __future__ import annotations
 
-MIN_SHARED = 8  # a shorter common prefix saves less than the row it takes
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -30,17 +29,12 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
 
 
 def shared_length(features: list[dict]) -> int:
-    """Tokens every example of a batch starts with, short of each one's last prompt token (the position that
-    predicts its first answer token stays its own); 0 when too short to be worth it or for a single example."""
-    if len(features) < 2:
-        return 0
-    seqs = [f["input_ids"] for f in features]
-    length = 0
-    for column in zip(*seqs):
-        if any(token != column[0] for token in column):
-            break
-        length += 1
-    length = min(length, min(f["n_prompt"] for f in features) - 1)
+    """Tokens every example of a batch starts with (`zoo.serving.prefill.shared_prefix`, which prefill shares the
+    same way), short of each one's last prompt token (the position that predicts its first answer token stays its
+    own); 0 when too short to be worth it or for a single example."""
+    from zoo.serving.prefill import MIN_SHARED, shared_prefix
+
+    length = min(shared_prefix([f["input_ids"] for f in features]), min(f["n_prompt"] for f in features) - 1)
     return length if length >= MIN_SHARED else 0
 
 
