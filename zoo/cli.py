@@ -13,6 +13,7 @@ from zoo.errors import ZooError, printable
 COMMANDS = {
     "train": ("zoo.commands.train", "train adapters for tasks (names or task files)"),
     "eval": ("zoo.commands.evaluate", "evaluate adapters against the base and write reports"),
+    "run": ("zoo.commands.run", "train tasks, fit the router and evaluate, ending by a deadline"),
     "list": ("zoo.commands.listing", "list the zoo's adapters (--json, --check)"),
     "doctor": ("zoo.commands.listing", "explain what is broken in a zoo and how to repair it"),
     "remove": ("zoo.commands.listing", "remove an adapter from the zoo"),

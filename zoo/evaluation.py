@@ -171,6 +171,31 @@ def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed:
     return {**where, **scores}
 
 
+def keep_base_answers(runtime: Runtime, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
+                      batch_size: int | None = None, ood_n: int | None = None) -> dict:
+    """The base's answers on the samples `evaluate` will draw (in domain, and out of domain when its data is
+    here), generated now and kept in the zoo's cache: `zoo run` measures from them how long the adapters'
+    evaluation will take before it plans their training. Per sample (in_domain, out_of_domain): scores, the
+    generation seconds (of the run that made the answers) and whether they were read back from the cache."""
+    from zoo.data import DataMissing, load_ood_rows, ood_split
+
+    samples = {"in_domain": ((spec.dataset, spec.eval_split), lambda: eval_rows(spec, n, data_dir, seed))}
+    if spec.ood:
+        samples["out_of_domain"] = ((spec.ood["dataset"], ood_split(spec)),
+                                    lambda: load_ood_rows(spec, data_dir, limit=ood_n or n, seed=seed))
+    out = {}
+    for kind, ((dataset, split), rows_of) in samples.items():
+        try:
+            rows = rows_of()
+        except DataMissing as e:
+            out[kind] = {"dataset": dataset, "skipped": str(e)}
+            continue
+        run = base_run(runtime, spec, rows, (dataset, split, seed), batch_size)
+        out[kind] = {"dataset": dataset, "split": split, "n": len(rows), "scores": run["scores"],
+                     "seconds": round(run["seconds"], 2), "kept": bool(run.get("kept"))}
+    return out
+
+
 def summary(result: dict) -> dict:
     """The part of a result that goes into the manifest and `zoo eval --json`."""
     keys = ("task", "name", "n", "split", "seed", "metric", "base", "adapter", "intervals", "ood")

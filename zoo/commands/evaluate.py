@@ -22,6 +22,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
     p.add_argument("--tasks", nargs="+", help="score the adapter(s) on these tasks too ('all' = every task)")
     p.add_argument("--router", action="store_true", help="evaluate the router instead (reports/router.md)")
+    p.add_argument("--base-answers", nargs="+", metavar="TASK",
+                   help="only generate the plain base's answers on these tasks' samples and keep them for a later "
+                        "`zoo eval` (what `zoo run` times before it plans training)")
     p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=None,
                    help="prompts generated together (default: 64 in bf16 or on a GPU, 32 in fp32 on a CPU)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -36,6 +39,8 @@ def run(args) -> int:
     zoo = Zoo(args.zoo)
     if args.router:
         return router_report(zoo, args)
+    if args.base_answers:
+        return base_answers(zoo, args)
     names = args.names or zoo.healthy()
     if not names:
         raise ZooError(f"no adapters to evaluate in {zoo.root}; train some with `zoo train TASK`")
@@ -81,6 +86,27 @@ def router_report(zoo, args) -> int:
                                     batch_size=args.batch_size)
     result = write_router_report(zoo, data_dir=args.data_dir, regret=regret)
     print(json.dumps(result, indent=2) if args.json else f"[zoo] wrote {zoo.reports_dir / 'router.md'}")
+    return 0
+
+
+def base_answers(zoo, args) -> int:
+    """The base's answers on each task's samples, generated (or read back) and kept; the seconds per set."""
+    from tasks import get_task
+    from zoo.evaluation import keep_base_answers
+    from zoo.serving.runtime import Runtime
+
+    specs = [get_task(t) for t in args.base_answers]
+    with Runtime(zoo) as runtime:
+        results = {s.name: keep_base_answers(runtime, s, n=args.n, data_dir=args.data_dir, seed=args.seed,
+                                             batch_size=args.batch_size, ood_n=args.ood_n) for s in specs}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for task, sets in results.items():
+        for r in sets.values():
+            said = r.get("skipped") or (f"{r['n']} answers {'read back' if r['kept'] else 'generated'}, "
+                                        f"{r['seconds']:.0f} s of generation")
+            print(f"[zoo] base on {task} / {r['dataset']}: {said}")
     return 0
 
 

@@ -1,0 +1,146 @@
+"""The whole job of `make run` to one deadline (`zoo run --deadline 24m`): train each task, fit the router,
+evaluate, and be done in time on whatever machine it runs.
+
+Training is the part that can give: evaluation scores a fixed sample and costs what the machine makes it cost
+(on a 2-core CPU without AVX512-BF16 it took about 17 of 30 minutes). So the job measures that cost first: it
+generates the base's answers on the evaluation samples (kept in the zoo's cache, so the final `zoo eval` reads
+them back instead of generating them again) and predicts the adapters' evaluation from their seconds. Each
+task's training budget is then what is left until the deadline, less that reserve, the router's and the
+training processes' own start-up, shared in proportion to the tasks' default budgets, never more than the
+default: a fast machine trains as long as it always did (and on more examples), a slow one shorter. The plan is
+re-made before every task from the time actually spent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from zoo.errors import ZooError
+
+# Seconds the adapters' evaluation takes per second of the base's on the same samples (base answers run on the
+# plain model and stop early less often; see docs/performance.md, "The whole job to a deadline").
+ADAPTER_EVAL_RATIO = 1.2
+ROUTER_RESERVE_S = 90.0  # `zoo route --train` (measured 40-60 s on 2 cores)
+START_UP_GUESS_S = 60.0  # a training process's seconds outside its budget (load, tokenize, save) until measured
+MIN_TRAIN_S = 20.0  # below this a task is not worth training: the job says the deadline cannot be met
+SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
+
+Runner = Callable[[list, bool], tuple]  # (zoo arguments, capture stdout) -> (seconds, stdout or None)
+
+
+@dataclass
+class Job:
+    """The plan and the record of one job. `defaults`: task -> its training budget when time allows."""
+
+    defaults: dict[str, float]
+    deadline: float | None = None  # seconds for the whole job; None: every task trains for its default
+    clock: Callable[[], float] = time.monotonic
+    started: float = 0.0
+    base_answers: dict = field(default_factory=dict)  # `zoo eval --base-answers --json`: per task and sample
+    base_seconds: float = 0.0  # the base's generation seconds over every evaluation sample
+    eval_start_up: float = 0.0  # an evaluation process's seconds outside generation
+    start_ups: list[float] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def predicted_evaluation(self) -> float:
+        return ADAPTER_EVAL_RATIO * self.base_seconds + self.eval_start_up
+
+    def evaluation_reserve(self) -> float:
+        return self.predicted_evaluation() + ROUTER_RESERVE_S
+
+    def start_up(self) -> float:
+        return max(self.start_ups) if self.start_ups else START_UP_GUESS_S
+
+    def budget(self, task: str, remaining: list[str]) -> float:
+        """Training seconds for `task`, with `remaining` (itself included) still to train."""
+        if self.deadline is None:
+            return self.defaults[task]
+        pool = self.deadline * (1 - SAFETY) - self.elapsed() - self.evaluation_reserve()
+        pool -= self.start_up() * len(remaining)
+        fair = pool * self.defaults[task] / sum(self.defaults[t] for t in remaining)
+        return max(min(MIN_TRAIN_S, self.defaults[task]), min(self.defaults[task], fair))
+
+    def record(self, step: str, seconds: float, planned: float | None = None) -> None:
+        self.steps.append({"step": step, "seconds": round(seconds, 1),
+                           **({"planned_s": round(planned, 1)} if planned is not None else {})})
+
+    def summary(self) -> dict:
+        total = self.elapsed()
+        return {"deadline_s": self.deadline, "seconds": round(total, 1),
+                "within_deadline": None if self.deadline is None else total <= self.deadline,
+                "base_generation_s": round(self.base_seconds, 1),
+                "predicted_evaluation_s": round(self.predicted_evaluation(), 1),
+                "steps": self.steps, "base_answers": self.base_answers}
+
+
+def run_zoo(argv: list, capture: bool = False) -> tuple[float, str | None]:
+    """One `zoo` command in its own process (each step's memory is given back when it ends); its output goes
+    to the console, or stdout is returned with `capture`. A failed step stops the job."""
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "zoo", *map(str, argv)], text=True,
+                          stdout=subprocess.PIPE if capture else None)
+    if done.returncode != 0:
+        raise ZooError(f"`zoo {' '.join(map(str, argv))}` failed (exit {done.returncode}); the job stops here")
+    return time.monotonic() - t0, done.stdout
+
+
+def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | None = None, runner: Runner = run_zoo,
+            say=print) -> dict:
+    """Base answers (timed), then each task's training to its planned budget, the router, the evaluation of the
+    job's `adapters` (default: named as the tasks)."""
+    job.started = job.clock()
+    tasks = list(job.defaults)
+    time_base_answers(job, tasks, eval_args, runner, say)
+    for i, task in enumerate(tasks):
+        budget = job.budget(task, tasks[i:])
+        say(plan_line(job, task, budget))
+        seconds, _ = runner(["train", task, "--time-budget", f"{budget:.0f}s", *train_args, "--no-router"], False)
+        job.start_ups.append(max(0.0, seconds - budget))
+        job.record(f"train {task}", seconds, planned=budget)
+    for step, argv in (("route", ["route", "--train"]), ("eval", ["eval", *(adapters or tasks), *eval_args])):
+        seconds, _ = runner(argv, False)
+        job.record(step, seconds)
+    summary = job.summary()
+    say(f"[zoo run] done in {clock_text(summary['seconds'])}"
+        + ("" if job.deadline is None else f" (deadline {clock_text(job.deadline)})"))
+    return summary
+
+
+def time_base_answers(job: Job, tasks: list[str], eval_args: list, runner: Runner, say) -> None:
+    """The base's answers on every evaluation sample, generated now and kept: their generation seconds predict
+    the adapters' evaluation; the rest of the process's time is its start-up, which the final `zoo eval` pays
+    too."""
+    seconds, out = runner(["eval", "--base-answers", *tasks, *eval_args, "--json"], True)
+    try:
+        job.base_answers = json.loads(out)
+        sets = [s for per_task in job.base_answers.values() for s in per_task.values() if "seconds" in s]
+    except (ValueError, AttributeError) as e:
+        raise ZooError(f"`zoo eval --base-answers` printed no results the job can read ({e})") from None
+    job.base_seconds = sum(s["seconds"] for s in sets)
+    job.eval_start_up = max(0.0, seconds - sum(s["seconds"] for s in sets if not s["kept"]))
+    job.record("base answers", seconds)
+    say(f"[zoo run] the base's answers took {clock_text(seconds)} ({clock_text(job.base_seconds)} of "
+        f"generation): evaluation reserved {clock_text(job.evaluation_reserve())} with the router")
+
+
+def plan_line(job: Job, task: str, budget: float) -> str:
+    default = job.defaults[task]
+    line = f"[zoo run] {clock_text(job.elapsed())} used: training {task} for {clock_text(budget)}"
+    if budget < default:
+        line += f" (its default {clock_text(default)}, shortened to end by {clock_text(job.deadline)})"
+    if budget == MIN_TRAIN_S and default > MIN_TRAIN_S:
+        line += "; the deadline cannot be met on this machine: evaluation alone needs most of it"
+    return line
+
+
+def clock_text(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{secs:02d}"
