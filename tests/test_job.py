@@ -105,6 +105,8 @@ def test_a_failed_step_stops_the_job_and_names_the_command(tmp_path, monkeypatch
     (["qa=soon"], "write it as 90s, 5m"),
     (["qa=5m", "qa=2m"], "named twice"),
     (["no-such-task=5m"], "no-such-task"),
+    (["qa=5m", "--deadline", "soon"], "--deadline: time budget 'soon'"),
+    (["qa=5m", "--max-memory", "lots"], "--max-memory: "),
 ])
 def test_bad_budgets_are_refused_before_anything_runs(budgets, message, tmp_path, capsys):
     from zoo.cli import main

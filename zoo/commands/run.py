@@ -30,12 +30,14 @@ def run(args) -> int:
     from zoo.fsutil import atomic_write_json
     from zoo.job import Job, run_job
     from zoo.store import Zoo
+    from zoo.training.memory import parse_budget
 
     from tasks import get_task
 
-    defaults = parse_budgets(args.budgets)
-    adapters = [get_task(task).name for task in defaults]  # a bad task stops the job before it spends anything
-    deadline = parse_duration(args.deadline) if args.deadline else None
+    defaults = parse_budgets(args.budgets)  # bad input stops the job here, before it spends anything
+    adapters = [get_task(task).name for task in defaults]
+    deadline = checked("--deadline", parse_duration, args.deadline)
+    checked("--max-memory", parse_budget, args.max_memory)
     shared = ["--data-dir", args.data_dir] if args.data_dir else []
     train_args = ["--max-examples", "all", *(["--max-memory", args.max_memory] if args.max_memory else []), *shared]
     eval_args = ["-n", args.n, *(["--ood-n", args.ood_n] if args.ood_n else []), *shared]
@@ -45,6 +47,14 @@ def run(args) -> int:
     atomic_write_json(zoo.reports_dir / "run.json", summary)
     print(f"[zoo] the job's steps and times: {zoo.reports_dir / 'run.json'}")
     return 0
+
+
+def checked(flag: str, parse, text: str | None):
+    """`parse(text)`, its error named after the flag; None when the flag was not given."""
+    try:
+        return parse(text) if text else None
+    except ZooError as e:
+        raise ZooError(f"{flag}: {e}") from None
 
 
 def parse_budgets(items: list[str]) -> dict[str, float]:
