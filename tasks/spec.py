@@ -57,9 +57,6 @@ class TrainSettings:
     optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimizer name (bnb 8-bit ok)"})
     warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
     max_seq_len: int = field(default=768, metadata={"help": "longer prompts are cut in the middle of the passage"})
-    min_input_words: int = field(default=0, metadata={
-        "help": "train only on rows whose input has at least this many words (a train split of fragments, like "
-                "SST-2's, against whole sentences in validation)"})
     row_tokens: int = field(default=512, metadata={
         "help": "packed row length (attention cost grows with its square); on a CPU a batch whose examples share a "
                 "prefix is one row, the prefix once (zoo.training.packing)"})
@@ -84,9 +81,8 @@ class TrainSettings:
                 raise ZooError(f"{name} must be at least 1 (got {value})")
         if not 0 <= self.warmup_ratio < 1:
             raise ZooError(f"warmup_ratio must be at least 0 and below 1 (got {self.warmup_ratio})")
-        for name in ("seed", "min_input_words"):
-            if getattr(self, name) < 0:
-                raise ZooError(f"{name} must be at least 0 (got {getattr(self, name)})")
+        if self.seed < 0:
+            raise ZooError(f"seed must be at least 0 (got {self.seed})")
         if self.time_budget is not None:
             from zoo.budget import parse_duration
 

@@ -36,18 +36,6 @@ def test_every_builtin_task_builds_prompts_and_targets_from_real_rows(name, data
             assert all(str(row[c])[:20] in prompt for c in spec.input_columns)
 
 
-def test_min_words_keeps_only_rows_with_that_many_input_words_then_samples(data_dir):
-    """SST-2's train split is mostly phrases (median 7 words) and its validation split whole sentences (median
-    19): `min_input_words` trains on the rows that look like what the adapter will be asked."""
-    spec = get_task("sentiment")
-    rows = load_rows(spec, spec.train_split, data_dir, limit=50, seed=1, min_words=10)
-    assert len(rows) == 50 and min(len(r["sentence"].split()) for r in rows) >= 10
-    everything = load_rows(spec, spec.train_split, data_dir, limit=50, seed=1)
-    assert min(len(r["sentence"].split()) for r in everything) < 10  # without it, fragments come too
-    with pytest.raises(ZooError, match="rows of at least 100000 words.* is empty"):
-        load_rows(spec, spec.train_split, data_dir, limit=5, min_words=100_000)
-
-
 def test_sentiment_target_maps_integer_labels_to_words():
     spec = get_task("sentiment")
     assert spec.target({"sentence": "x", "label": 1}) == "positive"
@@ -222,7 +210,6 @@ def test_train_flags_go_through_settings_from_dict():
     (["--batch-size", "-1"], "batch size"), (["--max-steps", "0"], "max_steps must be at least 1"),
     (["--warmup-ratio", "2"], "warmup_ratio"), (["--layers", "some"], "--layers"), (["--rank", "0"], "LoRA"),
     (["--seed", "-3"], "seed must be at least 0"), (["--max-examples", "0"], "--max-examples"),
-    (["--min-input-words", "-1"], "min_input_words must be at least 0"),
 ])
 def test_out_of_range_train_settings_are_usage_errors(argv, message, tmp_path, capsys):
     from zoo.cli import main

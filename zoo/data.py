@@ -82,17 +82,13 @@ def _hub_rows(spec, split: str) -> list[dict]:
 
 
 def load_rows(spec, split: str, data_dir=None, limit: int | None = None, seed: int = 0,
-              ood: bool = False, min_words: int = 0) -> list[dict]:
+              ood: bool = False) -> list[dict]:
     """A seeded random sample of `limit` rows (all rows when None), checked for the task's columns. With `ood`,
-    from the task's out-of-domain set (`split` is one of its splits), in the task's column names. `min_words`:
-    only rows whose input columns hold at least that many words together."""
+    from the task's out-of-domain set (`split` is one of its splits), in the task's column names."""
     source = ood_source(spec) if ood else spec
     path = local_split_file(source, split, data_dir_from_env(data_dir), ood)
     rows = read_jsonl(path) if path else _hub_rows(source, split)
     where = str(path) if path else f"{source.dataset}:{split}"
-    if rows and min_words:
-        rows = [r for r in rows if sum(len(str(r.get(c, "")).split()) for c in spec.input_columns) >= min_words]
-        where += f", rows of at least {min_words} words"
     if not rows:
         raise ZooError(f"task {spec.name}: split {split!r} ({where}) is empty")
     if limit is not None and limit < len(rows):

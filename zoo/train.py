@@ -221,7 +221,7 @@ def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingR
     checkpoint = ddp.on_main(_prepare_run_dir, run_dir, settings, resume)
     limit = pool_size(parse_duration(train.time_budget), train.max_examples) if train.time_budget else \
         train.max_examples
-    rows = load_rows(spec, spec.train_split, data_dir, limit=limit, seed=train.seed, min_words=train.min_input_words)
+    rows = load_rows(spec, spec.train_split, data_dir, limit=limit, seed=train.seed)
     examples = build_examples(spec, loaded.tokenizer, rows, train.max_seq_len, train.seed)
     set_seed(train.seed)
     return TrainingRun(name, spec, run_dir, settings, checkpoint, examples,
