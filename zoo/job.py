@@ -26,7 +26,7 @@ from zoo.errors import ZooError
 # plain model and stop early less often; see docs/performance.md, "The whole job to a deadline").
 ADAPTER_EVAL_RATIO = 1.2
 ROUTER_RESERVE_S = 90.0  # `zoo route --train` (measured 40-60 s on 2 cores)
-START_UP_GUESS_S = 60.0  # a training process's seconds outside its budget (load, tokenize, save) until measured
+START_UP_GUESS_S = 30.0  # a training process's seconds outside its budget (load, tokenize, save; measured 10-15 s) until measured
 MIN_TRAIN_S = 20.0  # below this a task is not worth training: the job says the deadline cannot be met
 SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
 
@@ -92,8 +92,12 @@ def run_zoo(argv: list, capture: bool = False) -> tuple[float, str | None]:
     return time.monotonic() - t0, done.stdout
 
 
+def say_now(line: str) -> None:
+    print(line, flush=True)  # before the next step's own output, also when the console is a log file
+
+
 def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | None = None, runner: Runner = run_zoo,
-            say=print) -> dict:
+            say=say_now) -> dict:
     """Base answers (timed), then each task's training to its planned budget, the router, the evaluation of the
     job's `adapters` (default: named as the tasks)."""
     job.started = job.clock()
