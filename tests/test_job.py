@@ -86,6 +86,13 @@ def test_a_deadline_evaluation_alone_exceeds_says_so_and_trains_the_minimum():
     assert sum("the deadline cannot be met on this machine" in line for line in lines) == 3
 
 
+def test_a_task_cut_below_half_its_budget_says_what_would_give_it_more():
+    lines: list[str] = []
+    run_on(Machine(generation=440), deadline=24 * 60, lines=lines)
+    cut = [line for line in lines if "training" in line]
+    assert len(cut) == 3 and all("under half its budget" in line and "EVAL_OOD_N" in line for line in cut), cut
+
+
 def test_without_a_deadline_every_task_trains_for_its_budget():
     summary = run_on(Machine(generation=1300), deadline=None)
     assert planned(summary) == DEFAULTS and summary["within_deadline"] is None

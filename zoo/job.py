@@ -26,7 +26,7 @@ from zoo.errors import ZooError
 # plain model and stop early less often; see docs/performance.md, "The whole job to a deadline").
 ADAPTER_EVAL_RATIO = 1.2
 ROUTER_RESERVE_S = 90.0  # `zoo route --train` (measured 40-60 s on 2 cores)
-START_UP_GUESS_S = 30.0  # a training process's seconds outside its budget (load, tokenize, save; measured 10-15 s) until measured
+START_UP_GUESS_S = 30.0  # a training process's time outside its budget (load, tokenize, save: 10-15 s measured)
 MIN_TRAIN_S = 20.0  # below this a task is not worth training: the job says the deadline cannot be met
 SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
 
@@ -142,6 +142,9 @@ def plan_line(job: Job, task: str, budget: float) -> str:
         line += f" (its default {clock_text(default)}, shortened to end by {clock_text(job.deadline)})"
     if budget == MIN_TRAIN_S and default > MIN_TRAIN_S:
         line += "; the deadline cannot be met on this machine: evaluation alone needs most of it"
+    elif budget < default / 2:
+        line += ("; under half its budget, expect a weaker adapter: a later --deadline (RUN_DEADLINE) or fewer "
+                 "evaluation examples (--ood-n, EVAL_OOD_N) leave training more")
     return line
 
 
