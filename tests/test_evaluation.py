@@ -5,6 +5,7 @@ manifest and model card that show both with their intervals."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -145,6 +146,24 @@ def test_builtin_specs_keep_their_out_of_domain_set_through_task_json():
 
 
 # ---- end to end on the tiny model: `evaluate` -> reports, manifest summary, model card ---------------------
+@contextmanager
+def counted_systems():
+    """The system (adapter name, or NONE for the base) of every generation run inside the block, in order."""
+    import zoo.evaluation as evaluation
+
+    systems, real_run = [], evaluation.run_outputs
+
+    def counted(runtime, spec, rows, adapter, batch_size=16):
+        systems.append(adapter)
+        return real_run(runtime, spec, rows, adapter, batch_size)
+
+    evaluation.run_outputs = counted
+    try:
+        yield systems
+    finally:
+        evaluation.run_outputs = real_run
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_base_dir, data_dir):
     """A random sentiment adapter on the tiny base, evaluated on 12 rows in domain and out of domain (twice:
@@ -157,20 +176,9 @@ def evaluated(tmp_path_factory, tiny_base_dir, data_dir):
     zoo = Zoo(tmp_path_factory.mktemp("eval") / "zoo")
     make_adapter(zoo, tiny_base_dir, "sent", "sentiment", seed=0)
     spec = replace(get_task("sentiment"), max_new_tokens=2)
-    systems = []
-    real_run = evaluation.run_outputs
-
-    def counted(runtime, spec, rows, adapter, batch_size=16):
-        systems.append(adapter)
-        return real_run(runtime, spec, rows, adapter, batch_size)
-
-    evaluation.run_outputs = counted
-    try:
-        with Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
-            result = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
-            again = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
-    finally:
-        evaluation.run_outputs = real_run
+    with counted_systems() as systems, Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+        result = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
+        again = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
     assert systems.count(NONE) == 2 and systems.count("sent") == 4  # base once per data set, then cached
     assert again["base"] == result["base"] and again["ood"]["base"] == result["ood"]["base"]
     return zoo, result
@@ -252,23 +260,12 @@ def test_a_later_eval_reads_the_base_answers_back_and_regenerates_what_changed(e
     spec = replace(get_task("sentiment"), max_new_tokens=2)
     kept = sorted((zoo.root / ".cache" / "base-answers").glob("*.json"))
     assert len(kept) == 2  # in domain and out of domain
-    systems = []
-    real_run = evaluation.run_outputs
-
-    def counted(runtime, spec, rows, adapter, batch_size=16):
-        systems.append(adapter)
-        return real_run(runtime, spec, rows, adapter, batch_size)
-
     evaluation._BASE_CACHE.clear()
     kept[0].write_text('{"outputs": ["only one"], "seconds": 1}')  # damaged: ignored, generated again
-    evaluation.run_outputs = counted
-    try:
-        with Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
-            again = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
-            assert systems.count(NONE) == 1
-            evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=6)
-    finally:
-        evaluation.run_outputs = real_run
+    with counted_systems() as systems, Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+        again = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=5)
+        assert systems.count(NONE) == 1
+        evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=6)
     assert again["base"] == result["base"] and again["ood"]["base"] == result["ood"]["base"]
     assert systems.count(NONE) == 3  # the new seed's two samples
     assert len(list((zoo.root / ".cache" / "base-answers").glob("*.json"))) == 4
@@ -296,23 +293,12 @@ def test_base_answers_kept_ahead_are_read_back_by_the_evaluation(evaluated, tiny
 
     zoo, _ = evaluated
     spec = replace(get_task("sentiment"), max_new_tokens=2)
-    systems = []
-    real_run = evaluation.run_outputs
-
-    def counted(runtime, spec, rows, adapter, batch_size=16):
-        systems.append(adapter)
-        return real_run(runtime, spec, rows, adapter, batch_size)
-
-    evaluation.run_outputs = counted
-    try:
-        with Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
-            first = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
-            evaluation._BASE_CACHE.clear()
-            again = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
-            evaluation._BASE_CACHE.clear()
-            result = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
-    finally:
-        evaluation.run_outputs = real_run
+    with counted_systems() as systems, Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+        first = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
+        evaluation._BASE_CACHE.clear()
+        again = evaluation.keep_base_answers(runtime, spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
+        evaluation._BASE_CACHE.clear()
+        result = evaluation.evaluate(runtime, "sent", spec, n=12, data_dir=data_dir, seed=9, ood_n=5)
     assert systems == [NONE, NONE, "sent", "sent"]  # the base twice (in and out of domain), then never again
     assert [(s["n"], s["kept"]) for s in first.values()] == [(12, False), (5, False)]
     assert [(s["n"], s["kept"]) for s in again.values()] == [(12, True), (5, True)]
