@@ -28,7 +28,10 @@ from zoo.errors import ZooError
 ADAPTER_EVAL_RATIO = 1.1
 ROUTER_RESERVE_S = 60.0  # `zoo route --train`: 48 s measured on 2 cores, either path
 START_UP_GUESS_S = 30.0  # a training process's time outside its budget (load, tokenize, save: 10-15 s measured)
-MIN_TRAIN_S = 20.0  # below this a task is not worth training: the job says the deadline cannot be met
+# The least share of its budget a task trains for. Below it the adapter is not worth having (QA F1 34 at 112
+# examples against 48 at 240, docs/learning-curves/): where evaluation leaves less, as on a 2-core CPU without
+# AVX512-BF16, the job runs past its deadline and says so before it trains.
+MIN_SHARE = 0.5
 SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
 
 Runner = Callable[[list, bool], tuple]  # (zoo arguments, capture stdout) -> (seconds, stdout or None)
@@ -67,7 +70,14 @@ class Job:
         pool = self.deadline * (1 - SAFETY) - self.elapsed() - self.evaluation_reserve()
         pool -= self.start_up() * len(remaining)
         fair = pool * self.defaults[task] / sum(self.defaults[t] for t in remaining)
-        return max(min(MIN_TRAIN_S, self.defaults[task]), min(self.defaults[task], fair))
+        return max(MIN_SHARE * self.defaults[task], min(self.defaults[task], fair))
+
+    def expected_end(self, budget: float, task: str) -> float:
+        """When the job would end if the tasks after `task` also got their least share."""
+        tasks = list(self.defaults)
+        later = tasks[tasks.index(task) + 1:]
+        training = budget + sum(MIN_SHARE * self.defaults[t] for t in later)
+        return self.elapsed() + training + self.start_up() * (1 + len(later)) + self.evaluation_reserve()
 
     def record(self, step: str, seconds: float, planned: float | None = None) -> None:
         self.steps.append({"step": step, "seconds": round(seconds, 1),
@@ -141,11 +151,10 @@ def plan_line(job: Job, task: str, budget: float) -> str:
     line = f"[zoo run] {clock_text(job.elapsed())} used: training {task} for {clock_text(budget)}"
     if budget < default:
         line += f" (its default {clock_text(default)}, shortened to end by {clock_text(job.deadline)})"
-    if budget == MIN_TRAIN_S and default > MIN_TRAIN_S:
-        line += "; the deadline cannot be met on this machine: evaluation alone needs most of it"
-    elif budget < default / 2:
-        line += ("; under half its budget, expect a weaker adapter: a later --deadline (RUN_DEADLINE) or fewer "
-                 "evaluation examples (--ood-n, EVAL_OOD_N) leave training more")
+    if budget <= MIN_SHARE * default:
+        line += (f"; half its budget, the least worth training: the job will end past its deadline, at about "
+                 f"{clock_text(job.expected_end(budget, task))}. Evaluation takes most of the time on this machine: "
+                 "fewer evaluation examples (--ood-n, EVAL_OOD_N) or a later deadline leave training more")
     return line
 
 
