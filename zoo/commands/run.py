@@ -17,8 +17,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="tasks (names or task files) and each one's training budget when time allows "
                         f"(default: {' '.join(DEFAULT_BUDGETS)})")
     p.add_argument("--deadline", default=None,
-                   help="the whole job's time (e.g. 24m): training is shortened so that it ends by then "
-                        "(default: none, every task trains for its budget)")
+                   help="the whole job's time (e.g. 24m): training is shortened so that it ends by then, to half "
+                        "each budget at most (default: none, every task trains for its budget)")
     p.add_argument("-n", "--n", type=count(1), default=200, help="evaluation examples per task (default 200)")
     p.add_argument("--ood-n", type=count(1), default=None, help="out-of-domain evaluation examples (default: -n)")
     p.add_argument("--max-memory", default=None, help="`zoo train --max-memory` for every task")
