@@ -43,9 +43,10 @@ $(VENV)/.installed: pyproject.toml
 # The whole job ends by RUN_DEADLINE (install excluded; `zoo run`, docs/performance.md "The whole job to a
 # deadline"): it first times the base's answers on the evaluation samples (kept for the evaluation), then trains
 # each built-in task for its TRAIN_BUDGETS share of what is left (at least half its budget; the job then says when
-# it will end), so a slower machine trains on fewer examples and a faster one on more (docs/learning-curves/ shows what examples buy). TRAIN_MEMORY: the memory budget of the
-# training plan (the fastest plan estimated to fit). The router is fitted at the end; the evaluation scores
-# EVAL_N validation and EVAL_OOD_N out-of-domain examples per task.
+# it will end), so a slower machine trains on fewer examples and a faster one on more (docs/learning-curves/ shows
+# what examples buy). TRAIN_MEMORY: the memory budget of the training plan (the fastest plan estimated to fit).
+# The router is fitted at the end; the evaluation scores EVAL_N validation and EVAL_OOD_N out-of-domain examples
+# per task.
 run: install
 	$(BIN)/zoo run $(TRAIN_BUDGETS) --deadline $(RUN_DEADLINE) -n $(EVAL_N) --ood-n $(EVAL_OOD_N) \
 	  --max-memory $(TRAIN_MEMORY)

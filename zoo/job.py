@@ -7,7 +7,8 @@ generates the base's answers on the evaluation samples (kept in the zoo's cache,
 them back instead of generating them again) and predicts the adapters' evaluation from their seconds. Each
 task's training budget is then what is left until the deadline, less that reserve, the router's and the
 training processes' own start-up, shared in proportion to the tasks' default budgets, never more than the
-default: a fast machine trains as long as it always did (and on more examples), a slow one shorter. The plan is
+default and never less than half of it: a fast machine trains as long as it always did (and on more examples), a
+slower one shorter, and one where evaluation leaves too little runs past the deadline and says so. The plan is
 re-made before every task from the time actually spent.
 """
 
