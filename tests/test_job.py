@@ -81,8 +81,8 @@ def test_the_plan_is_remade_from_the_start_up_measured_on_the_first_task():
 @pytest.mark.parametrize("generation", [440, 1300])
 def test_where_evaluation_leaves_too_little_each_task_trains_half_and_the_job_says_when_it_ends(generation):
     """Below half its budget an adapter is not worth having: the job then runs past its deadline, and its first
-    plan says when it will end (here within a minute: the fake steps take what the plan predicts, but the
-    router and the start-ups differ from the reserve and the guess)."""
+    plan says when it will end (here within a minute: the fake steps take what the plan predicts, except the
+    router, 50 s of its 60-second reserve)."""
     lines: list[str] = []
     summary = run_on(Machine(generation=generation, start_up=START_UP_GUESS_S), deadline=24 * 60, lines=lines)
     assert planned(summary) == {t: MIN_SHARE * b for t, b in DEFAULTS.items()}
