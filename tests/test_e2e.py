@@ -78,17 +78,19 @@ def test_auto_routing_end_to_end(trained_zoo, data_dir, capsys):
 
 
 def test_zoo_run_times_the_base_trains_routes_and_evaluates_by_its_deadline(tmp_path, data_dir):
-    """`zoo run` on real processes: the base's answers first (timed and kept), training to the planned budget,
-    the router, then the evaluation, which reads the kept answers back (the report shows their seconds)."""
+    """`zoo run` on real processes: the base's answers first (timed and kept; in domain, then out of domain),
+    training to the planned budget, the router, then the evaluation, which reads the kept answers back (the report shows their seconds)."""
     zoo_dir = tmp_path / "zoo"
     assert main(["run", "sentiment=15s", "--deadline", "10m", "-n", "8", "--ood-n", "4", "--zoo", str(zoo_dir),
                  "--data-dir", str(data_dir)]) == 0
     record = json.loads((zoo_dir / "reports" / "run.json").read_text())
-    assert [s["step"] for s in record["steps"]] == ["base answers", "train sentiment", "route", "eval"]
-    assert record["steps"][1]["planned_s"] == 15 and record["within_deadline"]
+    assert [s["step"] for s in record["steps"]] == ["base answers, in domain", "base answers, out of domain",
+                                                    "train sentiment", "route", "eval"]
+    assert record["steps"][2]["planned_s"] == 15 and record["within_deadline"]
     assert record["examples"]["sentiment"] > 0
     kept = record["base_answers"]["sentiment"]
-    assert {k: (v["n"], v["kept"]) for k, v in kept.items()} == {"in_domain": (8, False), "out_of_domain": (4, False)}
+    # the second step read the in-domain answers back and answered the out-of-domain rows (all 4: time allowed)
+    assert {k: (v["n"], v["kept"]) for k, v in kept.items()} == {"in_domain": (8, True), "out_of_domain": (4, False)}
     report = json.loads((zoo_dir / "reports" / "sentiment.json").read_text())
     # the same seconds, shown to 0.1 s in the report and to 0.01 s in run.json
     assert abs(report["seconds"]["base"] - kept["in_domain"]["seconds"]) <= 0.05 + 1e-9

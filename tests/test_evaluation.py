@@ -308,6 +308,36 @@ def test_base_answers_kept_ahead_are_read_back_by_the_evaluation(evaluated, tiny
     assert first["out_of_domain"]["dataset"] == "uci_sentiment"
 
 
+def test_deferred_out_of_domain_rows_are_only_counted_then_answered_by_the_next_call(evaluated, tiny_base_dir,
+                                                                                      data_dir):
+    """`zoo run` answers the in-domain samples first and sizes the out-of-domain ones from their prompt tokens."""
+    import zoo.evaluation as evaluation
+    from zoo.data import load_ood_rows
+    from zoo.serving.runtime import NONE, Runtime
+
+    zoo, _ = evaluated
+    spec = replace(get_task("sentiment"), max_new_tokens=2)
+    with counted_systems() as systems, Runtime(zoo, base=str(tiny_base_dir), quant=False) as runtime:
+        first = evaluation.keep_base_answers(runtime, spec, n=6, data_dir=data_dir, seed=13, ood_n=7, defer_ood=True)
+        rows = load_ood_rows(spec, data_dir, limit=7, seed=13)
+        tokens = sum(map(len, evaluation.prompt_ids(runtime, spec, rows)))
+        evaluation._BASE_CACHE.clear()
+        then = evaluation.keep_base_answers(runtime, spec, n=6, data_dir=data_dir, seed=13, ood_n=4)
+    assert systems == [NONE, NONE]  # in domain in the first call, out of domain (4 rows) in the second
+    assert first["out_of_domain"] == {"dataset": "uci_sentiment", "split": "test", "n": 7, "prompt_tokens": tokens,
+                                      "deferred": True}
+    assert first["in_domain"]["prompt_tokens"] == then["in_domain"]["prompt_tokens"] > 0
+    assert (then["in_domain"]["kept"], then["out_of_domain"]["kept"], then["out_of_domain"]["n"]) == (True, False, 4)
+
+
+def test_defer_ood_goes_with_base_answers_only(evaluated, capsys):
+    from zoo.cli import main
+
+    zoo, _ = evaluated
+    assert main(["eval", "--defer-ood", "--zoo", str(zoo.root)]) == 2
+    assert "--defer-ood goes with --base-answers" in capsys.readouterr().err
+
+
 def test_zoo_eval_base_answers_prints_what_zoo_run_reads(evaluated, data_dir, capsys):
     from zoo.cli import main
 

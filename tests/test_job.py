@@ -6,79 +6,134 @@ import json
 import pytest
 
 from zoo.errors import ZooError
-from zoo.job import ADAPTER_EVAL_RATIO, MIN_SHARE, START_UP_GUESS_S, Job, clock_text, run_job
+from zoo.job import ADAPTER_EVAL_RATIO, MIN_SHARE, OOD_MIN_SHARE, START_UP_GUESS_S, Job, clock_text, run_job
 
 DEFAULTS = {"sentiment": 120.0, "qa": 300.0, "summarization": 240.0}
 
 
 class Machine:
-    """Steps that take what they would on a machine whose base answers generate in `generation` seconds: a
-    training process runs its budget plus `start_up`, the final evaluation the predicted ratio of the base's."""
+    """Steps that take what they would on a machine whose base answers on every evaluation sample take
+    `generation` seconds, half of it on QA's 100 out-of-domain rows (at the seconds per prompt token of its
+    in-domain rows): a training process runs its budget plus `start_up`, a `zoo eval` process 30 s more than its
+    generation, the adapters' evaluation `eval_ratio` times the base's."""
 
-    def __init__(self, generation: float, start_up: float = 40.0, eval_ratio: float = ADAPTER_EVAL_RATIO):
+    OOD_ROWS = 100
+
+    def __init__(self, generation: float, start_up: float = 40.0, eval_ratio: float = ADAPTER_EVAL_RATIO,
+                 ood: bool = True):
         self.now, self.generation, self.start_up, self.eval_ratio = 0.0, generation, start_up, eval_ratio
+        self.ood, self.ood_answered, self.in_domain_answered = ood, None, False
         self.calls: list[list] = []
 
     def clock(self) -> float:
         return self.now
 
     def __call__(self, argv, capture):
-        self.calls.append([str(a) for a in argv])
+        argv = [str(a) for a in argv]
+        self.calls.append(argv)
         out = None
         if argv[:2] == ["eval", "--base-answers"]:
-            took = self.generation + 30
-            half = {"seconds": self.generation / 2, "kept": False}
-            out = json.dumps({"sentiment": {"in_domain": half}, "qa": {"in_domain": half, "out_of_domain": {
-                "dataset": "covid_qa", "skipped": "no data here"}}})
+            took, out = self.base_answers(argv)
         elif argv[0] == "train":
             took = float(argv[argv.index("--time-budget") + 1].rstrip("s")) + self.start_up
         elif argv[0] == "route":
             took = 50.0
         else:
-            took = self.eval_ratio * self.generation + 30
+            took = self.eval_ratio * (self.generation / 2 + self.ood_generation(self.ood_answered)) + 30
         self.now += took
         return took, out
+
+    def ood_generation(self, rows: int | None) -> float:
+        return self.generation / 2 * rows / self.OOD_ROWS if self.ood and rows else 0.0
+
+    def base_answers(self, argv: list[str]) -> tuple[float, str]:
+        kept, self.in_domain_answered = self.in_domain_answered, True
+        quarter = self.generation / 4
+        in_domain = {"sentiment": {"in_domain": {"seconds": quarter, "prompt_tokens": 12_000, "kept": kept}},
+                     "qa": {"in_domain": {"seconds": quarter, "prompt_tokens": 44_000, "kept": kept}}}
+        rows = int(argv[argv.index("--ood-n") + 1]) if "--ood-n" in argv else self.OOD_ROWS
+        ood = {"dataset": "covid_qa", "n": rows, "prompt_tokens": 880 * rows}
+        if not self.ood:
+            ood = {"dataset": "covid_qa", "skipped": "no data here"}
+        elif "--defer-ood" in argv:
+            ood["deferred"] = True
+        else:
+            self.ood_answered = rows
+            ood.update(seconds=self.ood_generation(rows), kept=False)
+        in_domain["qa"]["out_of_domain"] = ood
+        took = (0 if kept else 2 * quarter) + self.ood_generation(ood.get("seconds") and rows) + 30
+        return took, json.dumps(in_domain)
 
 
 def planned(summary: dict) -> dict[str, float]:
     return {s["step"].split()[1]: s["planned_s"] for s in summary["steps"] if s["step"].startswith("train")}
 
 
+def ood_rows(machine: Machine) -> int:
+    final = machine.calls[-1]
+    return int(final[final.index("--ood-n") + 1])
+
+
 def run_on(machine: Machine, deadline: float | None, lines: list | None = None) -> dict:
-    job = Job(dict(DEFAULTS), deadline, clock=machine.clock)
+    job = Job(dict(DEFAULTS), deadline, ood_n=Machine.OOD_ROWS, clock=machine.clock)
     return run_job(job, ["--max-examples", "all"], ["-n", "200"], runner=machine,
                    say=(lines.append if lines is not None else lambda _: None))
 
 
-def test_a_fast_machine_trains_each_task_for_its_default_budget():
-    summary = run_on(Machine(generation=120), deadline=24 * 60)
-    assert planned(summary) == DEFAULTS
+def test_a_fast_machine_trains_each_task_for_its_default_budget_and_answers_every_row():
+    machine = Machine(generation=120)
+    summary = run_on(machine, deadline=24 * 60)
+    assert planned(summary) == DEFAULTS and ood_rows(machine) == Machine.OOD_ROWS
     assert summary["within_deadline"] and summary["seconds"] < 24 * 60
+    base = [c for c in machine.calls if c[:2] == ["eval", "--base-answers"]]
+    assert len(base) == 2 and "--defer-ood" in base[0] and "--defer-ood" not in base[1]
+    assert [s["step"] for s in summary["steps"][:2]] == ["base answers, in domain", "base answers, out of domain"]
 
 
-def test_a_slow_machine_trains_shorter_in_proportion_and_ends_by_the_deadline():
-    machine = Machine(generation=300, start_up=START_UP_GUESS_S)  # evaluation ~11 minutes, as `AVX2=1` here
+def test_where_evaluation_would_shorten_training_the_out_of_domain_rows_give_way_first():
+    """Evaluation ~12 minutes (as `AVX2=1` on 2 cores here): fewer out-of-domain rows, every training budget kept."""
+    lines: list[str] = []
+    machine = Machine(generation=300, start_up=START_UP_GUESS_S)
+    summary = run_on(machine, deadline=24 * 60, lines=lines)
+    assert planned(summary) == DEFAULTS
+    assert OOD_MIN_SHARE * Machine.OOD_ROWS < ood_rows(machine) < Machine.OOD_ROWS
+    assert summary["base_answers"]["qa"]["out_of_domain"]["n"] == ood_rows(machine)
+    assert any(f"cut to {ood_rows(machine)} of 100 rows" in line for line in lines), lines
+    assert summary["within_deadline"] and summary["seconds"] >= 0.9 * 24 * 60  # the time left is used
+
+
+def test_a_slower_machine_answers_half_the_rows_and_trains_shorter_in_proportion_by_the_deadline():
+    machine = Machine(generation=400, start_up=START_UP_GUESS_S)
     summary = run_on(machine, deadline=24 * 60)
     budgets = planned(summary)
-    assert all(budgets[t] < DEFAULTS[t] for t in DEFAULTS)
+    assert ood_rows(machine) == OOD_MIN_SHARE * Machine.OOD_ROWS
+    assert all(MIN_SHARE * DEFAULTS[t] < budgets[t] < DEFAULTS[t] for t in DEFAULTS)
     assert budgets["qa"] / budgets["sentiment"] == pytest.approx(300 / 120, rel=0.05)
-    assert summary["within_deadline"] and summary["seconds"] >= 0.9 * 24 * 60  # the time left is used, not wasted
-    assert summary["predicted_evaluation_s"] == pytest.approx(ADAPTER_EVAL_RATIO * 300 + 30)
+    assert summary["within_deadline"] and summary["seconds"] >= 0.9 * 24 * 60
+    assert summary["predicted_evaluation_s"] == pytest.approx(ADAPTER_EVAL_RATIO * (200 + 100) + 30)
     train = [c for c in machine.calls if c[0] == "train"]
     assert [c[1] for c in train] == list(DEFAULTS) and all("--no-router" in c and "all" in c for c in train)
-    assert machine.calls[-2][:2] == ["route", "--train"] and machine.calls[-1] == ["eval", *DEFAULTS, "-n", "200"]
+    assert machine.calls[-2][:2] == ["route", "--train"]
+    assert machine.calls[-1] == ["eval", *DEFAULTS, "-n", "200", "--ood-n", "50"]
+
+
+def test_without_out_of_domain_data_the_base_answers_once_and_training_gives_way():
+    machine = Machine(generation=300, start_up=START_UP_GUESS_S, ood=False)
+    summary = run_on(machine, deadline=16 * 60)
+    assert sum(c[:2] == ["eval", "--base-answers"] for c in machine.calls) == 1
+    assert all(planned(summary)[t] < DEFAULTS[t] for t in DEFAULTS) and summary["within_deadline"]
 
 
 def test_the_plan_is_remade_from_the_start_up_measured_on_the_first_task():
-    slow_start = Machine(generation=300, start_up=3 * START_UP_GUESS_S)
+    slow_start = Machine(generation=400, start_up=3 * START_UP_GUESS_S)
     summary = run_on(slow_start, deadline=24 * 60)
     assert summary["within_deadline"]
-    first = run_on(Machine(generation=300, start_up=START_UP_GUESS_S), deadline=24 * 60)
+    first = run_on(Machine(generation=400, start_up=START_UP_GUESS_S), deadline=24 * 60)
     assert planned(summary)["sentiment"] == planned(first)["sentiment"]  # nothing measured yet: the same plan
     assert planned(summary)["qa"] < planned(first)["qa"]
 
 
-@pytest.mark.parametrize("generation", [440, 1300])
+@pytest.mark.parametrize("generation", [600, 1300])
 def test_where_evaluation_leaves_too_little_each_task_trains_half_and_the_job_says_when_it_ends(generation):
     """Below half its budget an adapter is not worth having: the job then runs past its deadline, and its first
     plan says when it will end (here within a minute: the fake steps take what the plan predicts, except the
@@ -87,16 +142,18 @@ def test_where_evaluation_leaves_too_little_each_task_trains_half_and_the_job_sa
     summary = run_on(Machine(generation=generation, start_up=START_UP_GUESS_S), deadline=24 * 60, lines=lines)
     assert planned(summary) == {t: MIN_SHARE * b for t, b in DEFAULTS.items()}
     assert not summary["within_deadline"]
-    cut = [line for line in lines if "training" in line]
+    cut = [line for line in lines if "training" in line and "[zoo run] " in line and " used: " in line]
     assert len(cut) == 3 and all("past its deadline" in line and "EVAL_OOD_N" in line for line in cut), cut
     said = cut[0].split("at about ")[1].split(".")[0]
     minutes, seconds = map(int, said.split(":"))
     assert abs(60 * minutes + seconds - summary["seconds"]) <= 60, (said, clock_text(summary["seconds"]))
 
 
-def test_without_a_deadline_every_task_trains_for_its_budget():
-    summary = run_on(Machine(generation=1300), deadline=None)
+def test_without_a_deadline_every_task_trains_for_its_budget_and_every_row_is_answered():
+    machine = Machine(generation=1300)
+    summary = run_on(machine, deadline=None)
     assert planned(summary) == DEFAULTS and summary["within_deadline"] is None
+    assert sum(c[:2] == ["eval", "--base-answers"] for c in machine.calls) == 1 and ood_rows(machine) == 100
 
 
 def test_a_failed_step_stops_the_job_and_names_the_command(tmp_path, monkeypatch):

@@ -158,11 +158,11 @@ def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed:
                  batch_size: int | None = None) -> dict | None:
     """Base vs adapter on the task's out-of-domain set (`spec.ood`), through the same loader as the eval split;
     {"skipped": why} when its data is not here, None when the task names none."""
-    from zoo.data import DataMissing, load_ood_rows, ood_split
+    from zoo.data import DataMissing, load_ood_rows
 
     if not spec.ood:
         return None
-    where = {"dataset": spec.ood["dataset"], "split": ood_split(spec)}
+    where = dict(zip(("dataset", "split"), ood_source(spec)))
     try:
         rows = load_ood_rows(spec, data_dir, limit=n, seed=seed)
     except DataMissing as e:
@@ -172,17 +172,19 @@ def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed:
 
 
 def keep_base_answers(runtime: Runtime, spec, n: int = DEFAULT_N, data_dir=None, seed: int = 0,
-                      batch_size: int | None = None, ood_n: int | None = None) -> dict:
+                      batch_size: int | None = None, ood_n: int | None = None, defer_ood: bool = False) -> dict:
     """The base's answers on the samples `evaluate` will draw (in domain, and out of domain when its data is
     here), generated now and kept in the zoo's cache: `zoo run` measures from them how long the adapters'
     evaluation will take before it plans their training. Per sample (in_domain, out_of_domain): scores, the
-    generation seconds (of the run that made the answers) and whether they were read back from the cache."""
-    from zoo.data import DataMissing, load_ood_rows, ood_split
+    generation seconds (of the run that made the answers), whether they were read back from the cache and the
+    prompts' tokens. With `defer_ood` the out-of-domain sample is only drawn and its prompt tokens counted (`zoo
+    run` sizes it from them before generating it)."""
+    from zoo.data import DataMissing, load_ood_rows
 
     samples = {"in_domain": ((spec.dataset, spec.eval_split), lambda: eval_rows(spec, n, data_dir, seed))}
     if spec.ood:
-        samples["out_of_domain"] = ((spec.ood["dataset"], ood_split(spec)),
-                                    lambda: load_ood_rows(spec, data_dir, limit=ood_n or n, seed=seed))
+        samples["out_of_domain"] = (ood_source(spec), lambda: load_ood_rows(spec, data_dir, limit=ood_n or n,
+                                                                         seed=seed))
     out = {}
     for kind, ((dataset, split), rows_of) in samples.items():
         try:
@@ -190,10 +192,22 @@ def keep_base_answers(runtime: Runtime, spec, n: int = DEFAULT_N, data_dir=None,
         except DataMissing as e:
             out[kind] = {"dataset": dataset, "skipped": str(e)}
             continue
+        where = {"dataset": dataset, "split": split, "n": len(rows),
+                 "prompt_tokens": sum(map(len, prompt_ids(runtime, spec, rows)))}
+        if defer_ood and kind == "out_of_domain":
+            out[kind] = {**where, "deferred": True}
+            continue
         run = base_run(runtime, spec, rows, (dataset, split, seed), batch_size)
-        out[kind] = {"dataset": dataset, "split": split, "n": len(rows), "scores": run["scores"],
-                     "seconds": round(run["seconds"], 2), "kept": bool(run.get("kept"))}
+        out[kind] = {**where, "scores": run["scores"], "seconds": round(run["seconds"], 2),
+                     "kept": bool(run.get("kept"))}
     return out
+
+
+def ood_source(spec) -> tuple[str, str]:
+    """(data set, split) of the task's out-of-domain sample."""
+    from zoo.data import ood_split
+
+    return spec.ood["dataset"], ood_split(spec)
 
 
 def summary(result: dict) -> dict:

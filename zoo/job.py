@@ -10,11 +10,17 @@ training processes' own start-up, shared in proportion to the tasks' default bud
 default and never less than half of it: a fast machine trains as long as it always did (and on more examples), a
 slower one shorter, and one where evaluation leaves too little runs past the deadline and says so. The plan is
 re-made before every task from the time actually spent.
+
+The out-of-domain samples give way first: they are context in the reports, not what the adapters are trained and
+judged on. The base answers the in-domain samples first; from their seconds per prompt token the job predicts
+what the out-of-domain samples would cost and, where they would leave training less than its budgets, answers
+fewer of their rows (down to half), before training is shortened at all.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -34,6 +40,7 @@ START_UP_GUESS_S = 30.0  # a training process's time outside its budget (load, t
 # AVX512-BF16, the job runs past its deadline and says so before it trains.
 MIN_SHARE = 0.5
 SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
+OOD_MIN_SHARE = 0.5  # the least share of the out-of-domain rows asked for that the job keeps
 
 Runner = Callable[[list, bool], tuple]  # (zoo arguments, capture stdout) -> (seconds, stdout or None)
 
@@ -44,6 +51,7 @@ class Job:
 
     defaults: dict[str, float]
     deadline: float | None = None  # seconds for the whole job; None: every task trains for its default
+    ood_n: int | None = None  # out-of-domain rows asked for per task (None: `zoo eval`'s default)
     clock: Callable[[], float] = time.monotonic
     started: float = 0.0
     base_answers: dict = field(default_factory=dict)  # `zoo eval --base-answers --json`: per task and sample
@@ -64,14 +72,38 @@ class Job:
     def start_up(self) -> float:
         return max(self.start_ups) if self.start_ups else START_UP_GUESS_S
 
+    def training_pool(self, remaining: list[str]) -> float:
+        """Seconds left for training the `remaining` tasks, once the reserves are set aside."""
+        pool = self.deadline * (1 - SAFETY) - self.elapsed() - self.evaluation_reserve()
+        return pool - self.start_up() * len(remaining)
+
     def budget(self, task: str, remaining: list[str]) -> float:
         """Training seconds for `task`, with `remaining` (itself included) still to train."""
         if self.deadline is None:
             return self.defaults[task]
-        pool = self.deadline * (1 - SAFETY) - self.elapsed() - self.evaluation_reserve()
-        pool -= self.start_up() * len(remaining)
-        fair = pool * self.defaults[task] / sum(self.defaults[t] for t in remaining)
+        fair = self.training_pool(remaining) * self.defaults[task] / sum(self.defaults[t] for t in remaining)
         return max(MIN_SHARE * self.defaults[task], min(self.defaults[task], fair))
+
+    def ood_rows(self) -> int:
+        """Out-of-domain rows per task to answer: as asked, or fewer (down to `OOD_MIN_SHARE`) where their
+        predicted evaluation, base and adapters, would leave training less than its budgets."""
+        least = max(1, math.ceil(OOD_MIN_SHARE * self.ood_n))
+        spare = self.training_pool(list(self.defaults)) - self.eval_start_up - sum(self.defaults.values())
+        rows = self.ood_n
+        while rows > least and (1 + ADAPTER_EVAL_RATIO) * self.ood_seconds(rows) > spare:
+            rows -= 1
+        return rows
+
+    def ood_seconds(self, rows: int) -> float:
+        """The base's predicted generation seconds on `rows` of each deferred out-of-domain sample, at its task's
+        in-domain seconds per prompt token."""
+        total = 0.0
+        for sets in self.base_answers.values():
+            deferred, measured = sets.get("out_of_domain", {}), sets.get("in_domain", {})
+            if deferred.get("deferred") and measured.get("prompt_tokens"):
+                rate = measured["seconds"] / measured["prompt_tokens"]
+                total += rate * deferred["prompt_tokens"] * min(rows, deferred["n"]) / deferred["n"]
+        return total
 
     def expected_end(self, budget: float, task: str) -> float:
         """When the job would end if the tasks after `task` also got their least share."""
@@ -114,7 +146,7 @@ def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | N
     job's `adapters` (default: named as the tasks)."""
     job.started = job.clock()
     tasks = list(job.defaults)
-    time_base_answers(job, tasks, eval_args, runner, say)
+    eval_args = base_answers_then_ood(job, tasks, eval_args, runner, say)
     for i, task in enumerate(tasks):
         budget = job.budget(task, tasks[i:])
         say(plan_line(job, task, budget))
@@ -130,10 +162,30 @@ def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | N
     return summary
 
 
-def time_base_answers(job: Job, tasks: list[str], eval_args: list, runner: Runner, say) -> None:
-    """The base's answers on every evaluation sample, generated now and kept: their generation seconds predict
-    the adapters' evaluation; the rest of the process's time is its start-up, which the final `zoo eval` pays
-    too."""
+def base_answers_then_ood(job: Job, tasks: list[str], eval_args: list, runner: Runner, say) -> list:
+    """The base's answers: in domain first, then (with a deadline) out of domain on as many rows as the plan
+    allows. Returns the evaluation arguments with that row count, for the final `zoo eval`."""
+    ood_args = [] if job.ood_n is None else ["--ood-n", job.ood_n]
+    if job.deadline is None or job.ood_n is None:
+        time_base_answers(job, tasks, [*eval_args, *ood_args], runner, say, "base answers")
+        return [*eval_args, *ood_args]
+    time_base_answers(job, tasks, [*eval_args, *ood_args, "--defer-ood"], runner, say, "base answers, in domain")
+    if any(sets.get("out_of_domain", {}).get("deferred") for sets in job.base_answers.values()):
+        rows = job.ood_rows()
+        if rows < job.ood_n:
+            say(f"[zoo run] out-of-domain samples cut to {rows} of {job.ood_n} rows per task, so that training "
+                f"keeps more of its budgets (all of them: about {clock_text(job.ood_seconds(job.ood_n))} of the "
+                "base's generation, and about as much again for the adapters)")
+        ood_args = ["--ood-n", rows]
+        time_base_answers(job, tasks, [*eval_args, *ood_args], runner, say, "base answers, out of domain")
+    say(f"[zoo run] evaluation reserved: {clock_text(job.evaluation_reserve())} with the router")
+    return [*eval_args, *ood_args]
+
+
+def time_base_answers(job: Job, tasks: list[str], eval_args: list, runner: Runner, say, step: str) -> None:
+    """The base's answers on the evaluation samples, generated now and kept (those kept before are read back):
+    their generation seconds predict the adapters' evaluation; the rest of the process's time is its start-up,
+    which the final `zoo eval` pays too."""
     seconds, out = runner(["eval", "--base-answers", *tasks, *eval_args, "--json"], True)
     try:
         job.base_answers = json.loads(out)
@@ -141,10 +193,10 @@ def time_base_answers(job: Job, tasks: list[str], eval_args: list, runner: Runne
     except (ValueError, AttributeError) as e:
         raise ZooError(f"`zoo eval --base-answers` printed no results the job can read ({e})") from None
     job.base_seconds = sum(s["seconds"] for s in sets)
-    job.eval_start_up = max(0.0, seconds - sum(s["seconds"] for s in sets if not s["kept"]))
-    job.record("base answers", seconds)
-    say(f"[zoo run] the base's answers took {clock_text(seconds)} ({clock_text(job.base_seconds)} of "
-        f"generation): evaluation reserved {clock_text(job.evaluation_reserve())} with the router")
+    start_up = max(0.0, seconds - sum(s["seconds"] for s in sets if not s["kept"]))
+    job.eval_start_up = max(job.eval_start_up, start_up)
+    job.record(step, seconds)
+    say(f"[zoo run] {step}: {clock_text(seconds)} ({clock_text(job.base_seconds)} of generation in all)")
 
 
 def plan_line(job: Job, task: str, budget: float) -> str:

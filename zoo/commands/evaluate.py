@@ -25,6 +25,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-answers", nargs="+", metavar="TASK",
                    help="only generate the plain base's answers on these tasks' samples and keep them for a later "
                         "`zoo eval` (what `zoo run` times before it plans training)")
+    p.add_argument("--defer-ood", action="store_true",
+                   help="with --base-answers: answer the in-domain samples only and count the out-of-domain "
+                        "samples' prompt tokens (what `zoo run` sizes those samples from)")
     p.add_argument("--batch-size", type=count(1, MAX_BATCH), default=None,
                    help="prompts generated together (default: 64 in bf16 or on a GPU, 32 in fp32 on a CPU)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -41,6 +44,8 @@ def run(args) -> int:
         return router_report(zoo, args)
     if args.base_answers:
         return base_answers(zoo, args)
+    if args.defer_ood:
+        raise ZooError("--defer-ood goes with --base-answers TASK...")
     names = args.names or zoo.healthy()
     if not names:
         raise ZooError(f"no adapters to evaluate in {zoo.root}; train some with `zoo train TASK`")
@@ -98,13 +103,16 @@ def base_answers(zoo, args) -> int:
     specs = [get_task(t) for t in args.base_answers]
     with Runtime(zoo) as runtime:
         results = {s.name: keep_base_answers(runtime, s, n=args.n, data_dir=args.data_dir, seed=args.seed,
-                                             batch_size=args.batch_size, ood_n=args.ood_n) for s in specs}
+                                             batch_size=args.batch_size, ood_n=args.ood_n,
+                                             defer_ood=args.defer_ood) for s in specs}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for task, sets in results.items():
         for r in sets.values():
-            said = r.get("skipped") or (f"{r['n']} answers {'read back' if r['kept'] else 'generated'}, "
+            said = r.get("skipped") or (f"{r['n']} prompts, {r['prompt_tokens']} tokens, not answered yet"
+                                        if r.get("deferred") else
+                                        f"{r['n']} answers {'read back' if r['kept'] else 'generated'}, "
                                         f"{r['seconds']:.0f} s of generation")
             print(f"[zoo] base on {task} / {r['dataset']}: {said}")
     return 0

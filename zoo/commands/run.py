@@ -20,7 +20,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="the whole job's time (e.g. 24m): training is shortened so that it ends by then, to half "
                         "each budget at most (default: none, every task trains for its budget)")
     p.add_argument("-n", "--n", type=count(1), default=200, help="evaluation examples per task (default 200)")
-    p.add_argument("--ood-n", type=count(1), default=None, help="out-of-domain evaluation examples (default: -n)")
+    p.add_argument("--ood-n", type=count(1), default=None,
+                   help="out-of-domain evaluation examples (default: -n); with a deadline, down to half of them "
+                        "where they would shorten training")
     p.add_argument("--max-memory", default=None, help="`zoo train --max-memory` for every task")
     p.add_argument("--data-dir", default=None, help="local data folder (default: $ZOO_DATA_DIR, else the Hub)")
 
@@ -40,9 +42,9 @@ def run(args) -> int:
     checked("--max-memory", parse_budget, args.max_memory)
     shared = ["--data-dir", args.data_dir] if args.data_dir else []
     train_args = ["--max-examples", "all", *(["--max-memory", args.max_memory] if args.max_memory else []), *shared]
-    eval_args = ["-n", args.n, *(["--ood-n", args.ood_n] if args.ood_n else []), *shared]
+    eval_args = ["-n", args.n, *shared]
     zoo = Zoo(args.zoo)
-    summary = run_job(Job(defaults, deadline), train_args, eval_args, adapters)
+    summary = run_job(Job(defaults, deadline, ood_n=args.ood_n or args.n), train_args, eval_args, adapters)
     summary["examples"] = examples_trained(zoo, adapters)
     atomic_write_json(zoo.reports_dir / "run.json", summary)
     print(f"[zoo] the job's steps and times: {zoo.reports_dir / 'run.json'}")
