@@ -55,7 +55,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 
 def pieces_of(position_ids, batch: int) -> list[tuple[list[int], list[int]]]:
     """Per row, the offsets where a packed example starts (its position does not follow the previous one) and its
-    first position: an example that starts at position p > 0 follows the row's shared prefix (`zoo.training.packing`), its first p tokens, and sees them."""
+    first position: an example that starts at position p > 0 follows the row's shared prefix
+    (`zoo.training.packing`), its first p tokens, and sees them."""
     import torch
 
     pos = position_ids.expand(batch, -1) if position_ids.shape[0] == 1 else position_ids
