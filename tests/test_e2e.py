@@ -79,7 +79,8 @@ def test_auto_routing_end_to_end(trained_zoo, data_dir, capsys):
 
 def test_zoo_run_times_the_base_trains_routes_and_evaluates_by_its_deadline(tmp_path, data_dir):
     """`zoo run` on real processes: the base's answers first (timed and kept; in domain, then out of domain),
-    training to the planned budget, the router, then the evaluation, which reads the kept answers back (the report shows their seconds)."""
+    training to the planned budget, the router, then the evaluation, which reads the kept answers back (the report
+    shows their seconds)."""
     zoo_dir = tmp_path / "zoo"
     assert main(["run", "sentiment=15s", "--deadline", "10m", "-n", "8", "--ood-n", "4", "--zoo", str(zoo_dir),
                  "--data-dir", str(data_dir)]) == 0
