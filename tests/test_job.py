@@ -61,7 +61,7 @@ class Machine:
             self.ood_answered = rows
             ood.update(seconds=self.ood_generation(rows), kept=False)
         in_domain["qa"]["out_of_domain"] = ood
-        took = (0 if kept else 2 * quarter) + self.ood_generation(ood.get("seconds") and rows) + 30
+        took = (0 if kept else 2 * quarter) + ood.get("seconds", 0.0) + 30
         return took, json.dumps(in_domain)
 
 

@@ -52,11 +52,12 @@ def score_answers(spec, outputs: list[str], rows: list[dict]) -> dict:
             "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}
 
 
-def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int | None = None) -> dict:
+def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int | None = None,
+             ids: list[list[int]] | None = None) -> dict:
     """The base's run on a sample, kept: every adapter of a task is compared with the same one, and a later
     `zoo eval` on the same base, prompts and settings reads the answers back from the zoo's cache instead of
     generating them again (they are re-scored each time, so a metric's fix applies to them)."""
-    ids = prompt_ids(runtime, spec, rows)
+    ids = prompt_ids(runtime, spec, rows) if ids is None else ids  # `rows`' prompts, when the caller has them
     key = answers_key(runtime, spec, ids)
     if key not in _BASE_CACHE:
         kept = read_kept_answers(runtime.zoo, key, len(rows))
@@ -192,12 +193,12 @@ def keep_base_answers(runtime: Runtime, spec, n: int = DEFAULT_N, data_dir=None,
         except DataMissing as e:
             out[kind] = {"dataset": dataset, "skipped": str(e)}
             continue
-        where = {"dataset": dataset, "split": split, "n": len(rows),
-                 "prompt_tokens": sum(map(len, prompt_ids(runtime, spec, rows)))}
+        ids = prompt_ids(runtime, spec, rows)
+        where = {"dataset": dataset, "split": split, "n": len(rows), "prompt_tokens": sum(map(len, ids))}
         if defer_ood and kind == "out_of_domain":
             out[kind] = {**where, "deferred": True}
             continue
-        run = base_run(runtime, spec, rows, (dataset, split, seed), batch_size)
+        run = base_run(runtime, spec, rows, (dataset, split, seed), batch_size, ids=ids)
         out[kind] = {**where, "scores": run["scores"], "seconds": round(run["seconds"], 2),
                      "kept": bool(run.get("kept"))}
     return out
