@@ -153,9 +153,9 @@ def counted_systems():
 
     systems, real_run = [], evaluation.run_outputs
 
-    def counted(runtime, spec, rows, adapter, batch_size=16):
+    def counted(runtime, spec, ids, adapter, batch_size=16):
         systems.append(adapter)
-        return real_run(runtime, spec, rows, adapter, batch_size)
+        return real_run(runtime, spec, ids, adapter, batch_size)
 
     evaluation.run_outputs = counted
     try:

@@ -24,11 +24,12 @@ def prompt_ids(runtime: Runtime, spec, rows: list[dict]) -> list[list[int]]:
     return [task_prompt_ids(runtime.tokenizer, spec, r, 0, limit) for r in rows]
 
 
-def run_outputs(runtime: Runtime, spec, rows, adapter: str, batch_size: int | None = None) -> tuple[list[str], float]:
+def run_outputs(runtime: Runtime, spec, ids: list[list[int]], adapter: str,
+                batch_size: int | None = None) -> tuple[list[str], float]:
+    """One system's greedy answers to prompts already tokenized (`prompt_ids`) and their generation seconds."""
     t0 = time.perf_counter()
     label = f"{spec.name}: {'base' if adapter == NONE else adapter}"
-    outputs = runtime.generate_ids(prompt_ids(runtime, spec, rows), adapter, spec.max_new_tokens, batch_size,
-                                   progress=label)
+    outputs = runtime.generate_ids(ids, adapter, spec.max_new_tokens, batch_size, progress=label)
     return outputs, time.perf_counter() - t0
 
 
@@ -38,9 +39,12 @@ def score_outputs(spec, outputs: list[str], rows: list[dict]) -> dict:
     return score(spec.metric, outputs, [spec.references(r) for r in rows], labels=spec.labels)
 
 
-def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int | None = None) -> dict:
-    """One system's answers on a sample: outputs, time, scores and the per-example scores behind the intervals."""
-    outputs, seconds = run_outputs(runtime, spec, rows, adapter, batch_size)
+def scored_run(runtime: Runtime, spec, rows, adapter: str, batch_size: int | None = None,
+               ids: list[list[int]] | None = None) -> dict:
+    """One system's answers on a sample: outputs, time, scores and the per-example scores behind the intervals.
+    `ids` are `rows`' prompts when the caller has tokenized them already."""
+    ids = prompt_ids(runtime, spec, rows) if ids is None else ids
+    outputs, seconds = run_outputs(runtime, spec, ids, adapter, batch_size)
     return {**score_answers(spec, outputs, rows), "seconds": seconds}
 
 
@@ -52,17 +56,16 @@ def score_answers(spec, outputs: list[str], rows: list[dict]) -> dict:
             "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}
 
 
-def base_run(runtime: Runtime, spec, rows, sample: tuple, batch_size: int | None = None,
-             ids: list[list[int]] | None = None) -> dict:
+def base_run(runtime: Runtime, spec, rows, ids: list[list[int]], batch_size: int | None = None) -> dict:
     """The base's run on a sample, kept: every adapter of a task is compared with the same one, and a later
     `zoo eval` on the same base, prompts and settings reads the answers back from the zoo's cache instead of
-    generating them again (they are re-scored each time, so a metric's fix applies to them)."""
-    ids = prompt_ids(runtime, spec, rows) if ids is None else ids  # `rows`' prompts, when the caller has them
+    generating them again (they are re-scored each time, so a metric's fix applies to them). `ids` are `rows`'
+    prompts (`prompt_ids`), which the answers are keyed by."""
     key = answers_key(runtime, spec, ids)
     if key not in _BASE_CACHE:
         kept = read_kept_answers(runtime.zoo, key, len(rows))
         if kept is None:
-            _BASE_CACHE[key] = scored_run(runtime, spec, rows, NONE, batch_size)
+            _BASE_CACHE[key] = scored_run(runtime, spec, rows, NONE, batch_size, ids=ids)
             keep_answers(runtime.zoo, key, _BASE_CACHE[key])
         else:
             _BASE_CACHE[key] = {**score_answers(spec, kept["outputs"], rows), "seconds": kept["seconds"],
@@ -107,13 +110,14 @@ def keep_answers(zoo, key: str, run: dict) -> None:
         pass
 
 
-def compare(runtime: Runtime, name: str, spec, rows, source: tuple[str, str], seed: int, batch_size: int | None = None):
-    """Base vs adapter on the rows drawn with `seed` from `source` (data set, split): (scores with their 95%
-    intervals, paired for the change; base run; adapter run). The resamples are seeded with the same seed."""
+def compare(runtime: Runtime, name: str, spec, rows, seed: int, batch_size: int | None = None):
+    """Base vs adapter on the rows drawn with `seed`: (scores with their 95% intervals, paired for the change;
+    base run; adapter run). The resamples are seeded with the same seed."""
     from zoo.bootstrap import paired_intervals
 
-    base = base_run(runtime, spec, rows, (*source, seed), batch_size)
-    adapter = scored_run(runtime, spec, rows, name, batch_size)
+    ids = prompt_ids(runtime, spec, rows)
+    base = base_run(runtime, spec, rows, ids, batch_size)
+    adapter = scored_run(runtime, spec, rows, name, batch_size, ids=ids)
     scores = {"n": len(rows), "base": base["scores"], "adapter": adapter["scores"],
               "intervals": paired_intervals(base["examples"], adapter["examples"], seed=seed)}
     return scores, base, adapter
@@ -123,7 +127,7 @@ def evaluate_adapter_on_task(runtime: Runtime, adapter: str, spec, n: int = DEFA
                              seed: int = 0, batch_size: int | None = None) -> dict:
     """One adapter's metrics on one task (used to score blends on every task)."""
     rows = eval_rows(spec, n, data_dir, seed)
-    outputs, _ = run_outputs(runtime, spec, rows, adapter, batch_size)
+    outputs, _ = run_outputs(runtime, spec, prompt_ids(runtime, spec, rows), adapter, batch_size)
     return score_outputs(spec, outputs, rows)
 
 
@@ -142,7 +146,7 @@ def evaluate(runtime: Runtime, name: str, spec, n: int = DEFAULT_N, data_dir=Non
     """Base vs adapter `name` on `n` rows of `spec`'s eval split and `ood_n` (default `n`) of its out-of-domain
     set: metrics with 95% bootstrap intervals, timings and a few side-by-side examples."""
     rows = eval_rows(spec, n, data_dir, seed)
-    scores, base, adapter = compare(runtime, name, spec, rows, (spec.dataset, spec.eval_split), seed, batch_size)
+    scores, base, adapter = compare(runtime, name, spec, rows, seed, batch_size)
     examples = [
         {"prompt": spec.prompt(r, 0), "reference": spec.references(r)[0], "base": b, "adapter": a}
         for r, b, a in list(zip(rows, base["outputs"], adapter["outputs"]))[:EXAMPLES_IN_REPORT]
@@ -168,7 +172,7 @@ def evaluate_ood(runtime: Runtime, name: str, spec, n: int, data_dir=None, seed:
         rows = load_ood_rows(spec, data_dir, limit=n, seed=seed)
     except DataMissing as e:
         return {**where, "skipped": str(e)}
-    scores, _, _ = compare(runtime, name, spec, rows, (where["dataset"], where["split"]), seed, batch_size)
+    scores, _, _ = compare(runtime, name, spec, rows, seed, batch_size)
     return {**where, **scores}
 
 
@@ -198,7 +202,7 @@ def keep_base_answers(runtime: Runtime, spec, n: int = DEFAULT_N, data_dir=None,
         if defer_ood and kind == "out_of_domain":
             out[kind] = {**where, "deferred": True}
             continue
-        run = base_run(runtime, spec, rows, (dataset, split, seed), batch_size, ids=ids)
+        run = base_run(runtime, spec, rows, ids, batch_size)
         out[kind] = {**where, "scores": run["scores"], "seconds": round(run["seconds"], 2),
                      "kept": bool(run.get("kept"))}
     return out

@@ -75,7 +75,7 @@ def score_point(zoo_dir: Path, task: str, name: str, n: int, data_dir) -> dict:
     spec = spec_for_adapter(zoo, name)
     rows = eval_rows(spec, n, data_dir)
     with Runtime(zoo) as runtime:
-        scores, _, adapter = compare(runtime, name, spec, rows, (spec.dataset, spec.eval_split), 0)
+        scores, _, adapter = compare(runtime, name, spec, rows, 0)
     metric = spec.primary_metric
     return {"metric": metric, "n": len(rows), "base": scores["base"][metric], "adapter": scores["adapter"][metric],
             "interval": scores["intervals"]["adapter"][metric], "eval_seconds": adapter["seconds"]}

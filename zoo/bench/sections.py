@@ -66,16 +66,17 @@ def _ratio(ours: dict, reference: dict) -> float:
 def score_trained(runtime, cfg: BenchConfig, training: dict) -> None:
     """The validation metric each trained adapter reaches, on the same seeded rows for both recipes."""
     from tasks import spec_for_adapter
-    from zoo.evaluation import eval_rows, run_outputs, score_outputs
+    from zoo.evaluation import eval_rows, prompt_ids, run_outputs, score_outputs
 
     for task, result in training.items():
         spec = spec_for_adapter(runtime.zoo, f"ours-{task}")  # both recipes trained this very spec
         if cfg.gen_new_tokens:  # tiny runs: a short answer budget everywhere
             spec = replace(spec, max_new_tokens=cfg.gen_new_tokens)
         rows = eval_rows(spec, cfg.eval_n, cfg.data_dir)
+        ids = prompt_ids(runtime, spec, rows)
         for recipe in ("ours", "reference"):
             progress(f"scoring {recipe}-{task} on {len(rows)} validation rows...")
-            outputs, _ = run_outputs(runtime, spec, rows, f"{recipe}-{task}", cfg.gen_batch)
+            outputs, _ = run_outputs(runtime, spec, ids, f"{recipe}-{task}", cfg.gen_batch)
             scores = score_outputs(spec, outputs, rows)
             result[recipe]["metric"] = {"name": spec.primary_metric, "value": scores[spec.primary_metric],
                                         "all": scores, "n": len(rows)}

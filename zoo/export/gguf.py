@@ -281,10 +281,10 @@ def write_tensors(writer, tensors: dict) -> None:
     writer.close()
 
 
-def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f32",
-                   merged: tuple | None = None) -> dict:
-    """Convert one healthy zoo adapter (and, with `merged` = (an ExpandedBase, a path), fold it into a copy of
-    the base there); returns what routes.json says of it."""
+def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f32", expanded=None) -> dict:
+    """Convert one healthy zoo adapter to `dest` (adapters/<name>.gguf) and, given the base read once
+    (`gguf_full.expand_base`), fold it into a copy of the base beside it (merged/<name>.gguf); returns what
+    routes.json says of it."""
     from tasks import spec_for_adapter
 
     folder = zoo.adapter_dir(name)
@@ -299,10 +299,10 @@ def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f
     alpha = effective_alpha(cfg)
     write_adapter_gguf(dest, base, tensors, alpha, name, spec.name, spec.templates[0])
     info = {"task": spec.name, "r": int(cfg["r"]), "alpha": alpha, "tensors": len(tensors)}
-    if merged is not None:
+    if expanded is not None:
         from zoo.export.gguf_full import write_full_gguf
 
-        expanded, path = merged
+        path = dest.parent.parent / "merged" / dest.name
         write_full_gguf(expanded, path, tensors, alpha / int(cfg["r"]), name=name)
         info["merged"] = f"merged/{path.name}"
     return info
@@ -369,8 +369,7 @@ def write_export(zoo, names: list[str], base: GgufBase, out: Path, outtype: str,
         (staged / "merged").mkdir()
         expanded = expand_base(base.gguf, outtype)  # read once for every adapter's merged file
     try:
-        adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype,
-                                      (expanded, staged / "merged" / f"{n}.gguf") if merged else None)
+        adapters = {n: export_adapter(zoo, n, base, staged / "adapters" / f"{n}.gguf", outtype, expanded)
                     for n in tqdm(names, desc="gguf", unit="adapter", disable=len(names) < 2, leave=False)}
         routes = routes_document(zoo, base, adapters)
         atomic_write_json(staged / ROUTES_FILE, routes)

@@ -60,8 +60,9 @@ def our_runs(zoo, names: list[str], n: int, data_dir) -> dict:
         for name in names:
             spec = spec_for_adapter(zoo, name)
             rows = eval_rows(spec, n, data_dir)
-            runs[name] = {"spec": spec, "rows": rows, "ids": prompt_ids(runtime, spec, rows),
-                          "ours": scored_run(runtime, spec, rows, name)}
+            ids = prompt_ids(runtime, spec, rows)
+            runs[name] = {"spec": spec, "rows": rows, "ids": ids,
+                          "ours": scored_run(runtime, spec, rows, name, ids=ids)}
     return runs
 
 
