@@ -26,7 +26,8 @@ SPEC = register(TaskSpec(
     # from the learning-curve study (docs/learning-curves/): batches of 4, as a CPU's time budget reaches few
     # optimizer steps (100 validation rows: at 112 examples F1 34.3 against 26.8 with 8; at 240, 48.0 against 41.7);
     # learning rate 2e-3 (200 rows, session 19: 44.8 against 40.3 with 1e-3 at 108 examples, what the slow
-    # machine's budget reaches; 53.8 against 49.3 at 384; 1e-3 had beaten 5e-4, 45.9 against 34.7 at 240)
+    # machine's budget reaches; 53.8 against 49.3 at 384, docs/learning-curves/lr-at-budget-sizes-n200.json;
+    # 1e-3 had beaten 5e-4 before: 45.9 against 34.7 at 240)
     train=TrainSettings(learning_rate=2e-3, batch_size=4, max_examples=240),
     # out of domain: COVID-19 papers (COVID-QA), SQuAD's columns; its answers are often whole clauses
     ood={"dataset": "covid_qa", "split": "test"},
