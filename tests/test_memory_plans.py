@@ -77,6 +77,7 @@ def test_every_plan_gives_the_plain_paths_loss_and_gradients(nf4_tiny, data_dir,
                                                               monkeypatch):
     model, tokenizer = nf4_tiny
     monkeypatch.setattr(packed, "WHOLE_ROW_MAX", 128)  # the tiny rows: 96 whole, 400 piece by piece
+    monkeypatch.setattr(packed, "CHUNK", 24)  # and each piece's queries in several chunks
     batch = _batch(tokenizer, row_tokens, data_dir)
     plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
     loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0), fused=True)
@@ -89,6 +90,7 @@ def test_rows_with_a_shared_prefix_give_the_unshared_rows_loss_and_gradients(nf4
                                                                              checkpointed, monkeypatch):
     model, tokenizer = nf4_tiny
     monkeypatch.setattr(packed, "WHOLE_ROW_MAX", whole_max)
+    monkeypatch.setattr(packed, "CHUNK", 24)
     plain = _batch(tokenizer, 96, data_dir, task=task)
     shared = _batch(tokenizer, 96, data_dir, share_prefix=True, task=task)
     assert shared["input_ids"].numel() < plain["input_ids"].numel()  # what sharing is for
