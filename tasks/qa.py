@@ -21,7 +21,8 @@ SPEC = register(TaskSpec(
     truncate_column="context",
     max_new_tokens=24,
     # the top 24 of 30 layers: at 240 examples F1 49.4 against 48.0 with all 30, 46.4 with 20, 43.8 with 16, 23.9 with
-    # 10 (learning-curve study, 100 validation rows), and backward stops 6 layers early (~17% faster training)
+    # 10 (learning-curve study, 100 validation rows), and backward stops 6 layers early (~17% faster training); at
+    # 296 examples and lr 2e-3 (200 rows): 53.7 against 45.4 with 20 (docs/learning-curves/qa-layers-296-n200.json)
     lora=LoraSettings(r=16, alpha=32, layers=24),
     # from the learning-curve study (docs/learning-curves/): batches of 4, as a CPU's time budget reaches few
     # optimizer steps (100 validation rows: at 112 examples F1 34.3 against 26.8 with 8; at 240, 48.0 against 41.7);
