@@ -32,11 +32,15 @@ def answer_positions_only(decoder, rows, cols):
     import functools
 
     top = decoder.layers[-1]
+    saved = top.__dict__.get("forward")  # a hook's wrapper (accelerate), if any, comes back afterwards
     top.forward = functools.partial(_answer_forward, top, rows, cols)  # the instance's, over its class's
     try:
         yield
     finally:
-        del top.forward
+        if saved is None:
+            del top.forward
+        else:
+            top.forward = saved
 
 
 def _answer_forward(layer, rows, cols, hidden_states, attention_mask=None, position_ids=None,
