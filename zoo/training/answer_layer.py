@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
-SUPPORTED = ("llama", "mistral")  # no bias terms, q/k norms or sliding windows to reproduce
+SUPPORTED = ("llama",)  # others add bias terms, q/k norms or sliding windows this does not reproduce
 
 
 def supported(model) -> bool:
@@ -80,10 +80,10 @@ def _attend_selected(query, key, value, rows, cols, position_ids, scale: float):
     out = query.new_empty(n, heads, dim)
     for b in rows.unique().tolist():
         picked = (rows == b).nonzero().flatten()
-        seen = _seen(position_ids[b], cols[picked])  # (m, length)
+        seen = _seen(position_ids[b], cols[picked])  # (queries of this row, length)
         q = query[picked].transpose(0, 1).reshape(kv_heads, group * len(picked), dim)
-        bias = torch.zeros(seen.shape, dtype=query.dtype, device=query.device).masked_fill_(~seen, float("-inf")).repeat(group, 1)
-        scores = torch.baddbmm(bias.unsqueeze(0), q, key[b].transpose(1, 2), alpha=scale)
+        bias = torch.zeros(seen.shape, dtype=query.dtype, device=query.device).masked_fill_(~seen, float("-inf"))
+        scores = torch.baddbmm(bias.repeat(group, 1).unsqueeze(0), q, key[b].transpose(1, 2), alpha=scale)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
         got = torch.bmm(probs, value[b]).reshape(heads, len(picked), dim)
         out[picked] = got.transpose(0, 1)
