@@ -46,6 +46,8 @@ def answer_positions_only(decoder, rows, cols):
 def _answer_forward(layer, rows, cols, hidden_states, attention_mask=None, position_ids=None,
                     position_embeddings=None, **kwargs):
     """A Llama decoder layer's forward, its output only at (rows, cols): (1, n, hidden)."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
     attn = layer.self_attn
     batch, length, _ = hidden_states.shape
     normed = layer.input_layernorm(hidden_states)
@@ -53,19 +55,12 @@ def _answer_forward(layer, rows, cols, hidden_states, attention_mask=None, posit
     value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
     query = attn.q_proj(normed[rows, cols]).view(len(rows), -1, attn.head_dim)  # (n, heads, dim)
     cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
-    key = key * cos[:, None] + _rotate_half(key) * sin[:, None]
-    query = query * cos[rows, cols][:, None] + _rotate_half(query) * sin[rows, cols][:, None]
+    key = key * cos[:, None] + rotate_half(key) * sin[:, None]
+    query = query * cos[rows, cols][:, None] + rotate_half(query) * sin[rows, cols][:, None]
     out = _attend_selected(query, key, value, rows, cols, position_ids.expand(batch, -1), attn.scaling)
     hidden = hidden_states[rows, cols] + attn.o_proj(out.reshape(len(rows), -1))
     hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return hidden.unsqueeze(0)
-
-
-def _rotate_half(x):
-    import torch
-
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def _attend_selected(query, key, value, rows, cols, position_ids, scale: float):
