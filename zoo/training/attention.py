@@ -128,7 +128,8 @@ def _causal_bias(m: int, n: int, group: int, starts: tuple[int, ...], firsts: tu
 def attention_cells(row_pieces: list[list[int]], width: int, shared: int = 0) -> int:
     """Attention scores one head computes and keeps for a batch of packed rows (the memory plan's estimate):
     a short row as a whole, a long one example by example (each row's padding is one more piece; an example
-    after the first also scores the `shared` prefix tokens the row starts with)."""
+    after the first also scores the `shared` prefix tokens the row starts with). Counted as whole blocks, which
+    `_attend_in_chunks` mostly halves: the estimate errs high, as the memory plan wants."""
     if width <= WHOLE_ROW_MAX:
         return len(row_pieces) * width * width
     cells = 0
