@@ -148,7 +148,7 @@ def test_same_as_llama_cpps_own_converter(real_zoo, exported, embedded_base_dir,
 
 def test_llama_cpp_itself_loads_the_adapter_and_it_changes_the_answer(exported):
     from zoo.export.llama_check import venv_ready, venv_python
-    from zoo.export.llama_parity import llama_answers
+    from zoo.export.llama_parity import llama_answers, llama_run
 
     if not venv_ready():
         pytest.skip("llama-cpp-python is not built here (`make llama-check` builds and caches it)")
@@ -163,6 +163,11 @@ def test_llama_cpp_itself_loads_the_adapter_and_it_changes_the_answer(exported):
     with_adapter, _ = llama_answers(venv_python(), base.gguf, exported / "adapters" / "sentiment.gguf", prompts, 4, [])
     without, _ = llama_answers(venv_python(), base.gguf, None, prompts, 4, [])
     assert len(with_adapter[0]) == 4 and with_adapter != without
+    # the first step's logits of given tokens: the base's own greedy pick scores at least as high as the adapter's
+    picks = [without[0][0], with_adapter[0][0]]
+    run = llama_run(venv_python(), base.gguf, None, prompts, 1, [], candidates=[picks])
+    assert run["answers"] == [without[0][:1]] and len(run["first_logits"][0]) == 2
+    assert run["first_logits"][0][0] >= run["first_logits"][0][1]
 
 
 def test_merged_gguf_is_the_expanded_base_plus_the_peft_delta(real_zoo, exported, tmp_path):
@@ -253,6 +258,29 @@ def test_a_first_token_miss_is_reported_with_pefts_logit_lead():
             "first": [1, 0, 1]}
     llama = [[2, 5], [0, 1], [1]]  # prompt 0 missed (PEFT 1 vs llama.cpp 2), the others agree
     assert miss_gaps(side, llama) == [0.25]
-    row = table([Parity("qa", "qa", 3, 2 / 3, 1 / 3, 1 / 3, 0.0, 0.0, [0.25, 0.0625], "f1", 50, 40, 49, 1.0, 2.0)])
+    row = table([Parity("qa", "qa", 3, 2 / 3, 1 / 3, 1 / 3, 0.0, 0.0, [0.25, 0.0625], "f1", 50, 40, 49, 1.0, 2.0,
+                        base_top1=1.0, tie_bound=0.1, adapter_margin_error=0.12, top1_outside_ties=2 / 3)])
     assert "| 0.062, 0.250 |" in row and row.splitlines()[1].count("---") == row.splitlines()[2].count("|") - 1
+    assert "| 66.7% | 0.100 / 0.120 | 100.0% |" in row
 
+
+def test_only_misses_beyond_llama_cpps_measured_margin_error_count_against_the_bar():
+    """The tie bound is the 95th percentile of llama.cpp's margin errors between PEFT's two best tokens; a miss
+    where PEFT led by no more than it is a tie, a larger lead (or no answer at all) is a miss."""
+    import torch
+
+    from zoo.export.llama_parity import margin_errors, quantile, share_outside_ties, top_two
+
+    logits = [torch.tensor([0.0, 2.0, 1.5, -1.0]), torch.tensor([4.0, 0.0, 1.0, 3.0])]
+    pairs = top_two(logits)
+    assert pairs == [[1, 2], [0, 3]]
+    # llama.cpp's margins: 0.3 (PEFT's 0.5) and 1.5 (PEFT's 1.0)
+    assert margin_errors(logits, pairs, [[1.9, 1.6], [3.5, 2.0]]) == pytest.approx([0.2, 0.5])
+    assert quantile([float(i) for i in range(101)]) == pytest.approx(95.0)
+    side = {"logits": [torch.tensor([0.0, 2.0, 1.9]), torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])],
+            "first": [1, 0, 1]}
+    tie, decisive, agree, empty = [2], [1], [1], []  # PEFT led llama.cpp's token by 0.1 and by 3.0
+    assert share_outside_ties(side, [tie, [0], agree], bound=0.15) == 1.0
+    assert share_outside_ties(side, [tie, decisive, agree], bound=0.15) == pytest.approx(2 / 3)
+    assert share_outside_ties(side, [tie, [0], agree], bound=0.05) == pytest.approx(2 / 3)
+    assert share_outside_ties(side, [tie, [0], empty], bound=0.15) == pytest.approx(2 / 3)

@@ -3,10 +3,12 @@
 Runs as a script in the llama venv (`.venv-llama`: llama-cpp-python and numpy, not this project), in its own
 process: ggml's OpenMP runtime never shares a process with torch's. Reads a JSON job on stdin, prints one JSON
 result: per prompt the greedy answer's token ids (the first is the top-1 next token), computed on the same prompt
-token ids the PEFT side used, so tokenizers and chat templates cannot differ.
+token ids the PEFT side used, so tokenizers and chat templates cannot differ, and llama.cpp's first-step logits
+of the job's `candidates` (token ids; the check compares logit margins with PEFT's).
 
     {"model": BASE.gguf, "lora": ADAPTER.gguf | null, "n_ctx": 2048, "threads": 2,
-     "jobs": [{"ids": [...], "max_new_tokens": 8}, ...]}  ->  {"answers": [[...], ...], "seconds": 1.2}
+     "jobs": [{"ids": [...], "max_new_tokens": 8, "candidates": [ids]}, ...]}
+      ->  {"answers": [[...], ...], "first_logits": [[...], ...], "seconds": 1.2}
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ import sys
 import time
 
 
-def greedy(llm, ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
-    """Argmax decoding from the logits llama.cpp computes for the last position, one token at a time."""
+def greedy(llm, ids: list[int], max_new_tokens: int, eos: set[int], candidates=()) -> tuple[list[int], list]:
+    """Argmax decoding from the logits llama.cpp computes for the last position, one token at a time; also the
+    first step's logits of `candidates`."""
     import llama_cpp
     import numpy as np
 
     llm.reset()
     llm.eval(ids)
     out: list[int] = []
-    for _ in range(max_new_tokens):
+    first: list[float] = []
+    for step in range(max_new_tokens):
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        if step == 0:
+            first = [float(logits[int(c)]) for c in candidates]
         token = int(np.argmax(logits))
         out.append(token)
         if token in eos:
             break
         llm.eval([token])
-    return out
+    return out, first
 
 
 def no_extra_buffer_types() -> None:
@@ -62,10 +68,10 @@ def run(job: dict) -> dict:
                 n_threads=int(job.get("threads", 2)), n_batch=512, verbose=False)
     eos = {llm.token_eos(), *job.get("eos", [])}
     t0 = time.perf_counter()
-    answers = [greedy(llm, j["ids"], int(j["max_new_tokens"]), eos) for j in job["jobs"]]
+    runs = [greedy(llm, j["ids"], int(j["max_new_tokens"]), eos, j.get("candidates", ())) for j in job["jobs"]]
     seconds = time.perf_counter() - t0
     llm.close()
-    return {"answers": answers, "seconds": seconds}
+    return {"answers": [a for a, _ in runs], "first_logits": [f for _, f in runs], "seconds": seconds}
 
 
 def serve(config: str) -> None:
