@@ -77,6 +77,7 @@ def test_every_plan_gives_the_plain_paths_loss_and_gradients(nf4_tiny, data_dir,
                                                               monkeypatch):
     model, tokenizer = nf4_tiny
     monkeypatch.setattr(packed, "WHOLE_ROW_MAX", 128)  # the tiny rows: 96 whole, 400 piece by piece
+    monkeypatch.setattr(packed, "CHUNK", 24)  # and each piece's queries in several chunks
     batch = _batch(tokenizer, row_tokens, data_dir)
     plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
     loss, grads = _loss_and_grads(model, batch, packed.NAME, MemoryPlan(checkpointed, 2, dense, 0, 0), fused=True)
@@ -89,6 +90,7 @@ def test_rows_with_a_shared_prefix_give_the_unshared_rows_loss_and_gradients(nf4
                                                                              checkpointed, monkeypatch):
     model, tokenizer = nf4_tiny
     monkeypatch.setattr(packed, "WHOLE_ROW_MAX", whole_max)
+    monkeypatch.setattr(packed, "CHUNK", 24)
     plain = _batch(tokenizer, 96, data_dir, task=task)
     shared = _batch(tokenizer, 96, data_dir, share_prefix=True, task=task)
     assert shared["input_ids"].numel() < plain["input_ids"].numel()  # what sharing is for
@@ -233,3 +235,23 @@ def test_a_budget_per_compute_dtype_gives_each_dtype_its_own_size():
     for bad in ("int8=4GB", "bf16=", "bf16=lots,fp32=6GB"):
         with pytest.raises(ZooError, match="bad memory (budget|size)"):
             parse_budget(bad)
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_the_top_layer_at_answer_positions_gives_the_whole_layers_states_there(nf4_tiny, data_dir, share_prefix):
+    from zoo.training.answer_layer import answer_positions_only, supported
+
+    model, tokenizer = nf4_tiny
+    batch = _batch(tokenizer, 96, data_dir, share_prefix=share_prefix)
+    packed.register()
+    model.set_attn_implementation(packed.NAME)
+    try:
+        decoder, args = model.model, {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        whole = decoder(**args).last_hidden_state[batch["rows"], batch["cols"]]
+        with answer_positions_only(decoder, batch["rows"], batch["cols"]):
+            at_answers = decoder(**args).last_hidden_state
+    finally:
+        model.set_attn_implementation("eager")
+    assert supported(model) and at_answers.shape == (1, *whole.shape)
+    torch.testing.assert_close(at_answers[0], whole, rtol=1e-5, atol=1e-5)
+    assert "forward" not in vars(decoder.layers[-1])  # the layer's own forward is back

@@ -45,13 +45,21 @@ def build_examples(spec, tokenizer, rows: list[dict], max_len: int, seed: int) -
 
 
 def answer_loss(model, inputs: dict):
-    """Mean cross-entropy over answer tokens; the LM head runs only at the positions that predict them."""
+    """Mean cross-entropy over answer tokens; the LM head runs only at the positions that predict them, and with
+    the CPU's packed attention so does the top layer's all but keys and values (`zoo.training.answer_layer`)."""
+    import contextlib
+
     import torch.nn.functional as F
 
+    from zoo.training import answer_layer, attention
+
     lm = unwrap_peft(model)
-    hidden = lm.get_decoder()(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
-                              use_cache=False).last_hidden_state
-    logits = lm.get_output_embeddings()(hidden[inputs["rows"], inputs["cols"]]).float()
+    decoder, rows, cols = lm.get_decoder(), inputs["rows"], inputs["cols"]
+    top_at_answers = lm.config._attn_implementation == attention.NAME and answer_layer.supported(lm)
+    with answer_layer.answer_positions_only(decoder, rows, cols) if top_at_answers else contextlib.nullcontext():
+        hidden = decoder(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                         use_cache=False).last_hidden_state
+    logits = lm.get_output_embeddings()(hidden[0] if top_at_answers else hidden[rows, cols]).float()
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap:
         logits = cap * (logits / cap).tanh()
