@@ -34,15 +34,17 @@ def routed_adapters(runtime, router, prompts: list[str]) -> tuple[list[str], lis
     return routes, [a if a in healthy else NONE for a in adapters]
 
 
-def answer(runtime, spec, prompts: list[str], adapters: list[str], batch_size: int) -> list[str]:
-    """Greedy answers to free-form prompts, each with its own adapter (`none`: the base)."""
+def answer(runtime, spec, prompts: list[str], adapters: list[str], batch_size: int, label: str) -> list[str]:
+    """Greedy answers to free-form prompts, each with its own adapter (`none`: the base); a progress bar named
+    after the task and `label`."""
     from zoo.prompting import text_prompt_ids
 
     if not prompts:
         return []
     limit = max(256, spec.train.max_seq_len - spec.max_new_tokens)
     ids = [text_prompt_ids(runtime.tokenizer, p, limit) for p in prompts]
-    return runtime.generate_ids(ids, adapters, spec.max_new_tokens, batch_size)
+    return runtime.generate_ids(ids, adapters, spec.max_new_tokens, batch_size,
+                                progress=f"regret, {spec.name}: {label}")
 
 
 def task_regret(runtime, router, spec, adapter: str, n: int, data_dir=None, seed: int = 0,
@@ -57,11 +59,11 @@ def task_regret(runtime, router, spec, adapter: str, n: int, data_dir=None, seed
     routes, chosen = routed_adapters(runtime, router, prompts)
     with warnings.catch_warnings():  # long passages are cut in the middle: expected here
         warnings.simplefilter("ignore")
-        perfect = answer(runtime, spec, prompts, [adapter] * len(prompts), batch_size)
-        base = answer(runtime, spec, prompts, [NONE] * len(prompts), batch_size)
+        perfect = answer(runtime, spec, prompts, [adapter] * len(prompts), batch_size, "its adapter")
+        base = answer(runtime, spec, prompts, [NONE] * len(prompts), batch_size, "the base")
         elsewhere = [i for i, a in enumerate(chosen) if a not in (adapter, NONE)]
         other = dict(zip(elsewhere, answer(runtime, spec, [prompts[i] for i in elsewhere],
-                                           [chosen[i] for i in elsewhere], batch_size)))
+                                           [chosen[i] for i in elsewhere], batch_size, "misrouted")))
     learned = [perfect[i] if a == adapter else base[i] if a == NONE else other[i] for i, a in enumerate(chosen)]
     metric = spec.primary_metric
     scores = {k: score_outputs(spec, outs, rows)[metric] for k, outs in

@@ -284,3 +284,21 @@ def test_only_misses_beyond_llama_cpps_measured_margin_error_count_against_the_b
     assert share_outside_ties(side, [tie, decisive, agree], bound=0.15) == pytest.approx(2 / 3)
     assert share_outside_ties(side, [tie, [0], agree], bound=0.05) == pytest.approx(2 / 3)
     assert share_outside_ties(side, [tie, [0], empty], bound=0.15) == pytest.approx(2 / 3)
+
+
+def test_llama_check_fails_on_each_bar_and_passes_near_ties():
+    """The check's verdict: raw misses that are ties pass; a decisive miss rate over 5%, a tie bound over 1 logit
+    (llama.cpp reading the base unlike PEFT) or whole answers apart on the f32 base each fail."""
+    from dataclasses import replace
+
+    from zoo.export.llama_check import failures
+    from zoo.export.llama_parity import Parity
+
+    ok = Parity("qa", "qa", 64, 60 / 64, 0.9, 0.7, 0.6, 0.05, [0.02, 0.07, 0.09, 0.19], "f1", 57, 54, 63, 1.0, 2.0,
+                top1_f32=1.0, same_answers_f32=1.0, base_top1=1.0, tie_bound=0.25, adapter_margin_error=0.3,
+                top1_outside_ties=1.0)
+    assert failures([ok]) == []
+    assert "outside ties" in failures([replace(ok, top1_outside_ties=0.9)])[0]
+    assert "margin error on the base" in failures([replace(ok, tie_bound=1.5)])[0]
+    assert "f32 base" in failures([replace(ok, same_answers_f32=0.5)])[0]
+    assert len(failures([replace(ok, tie_bound=float("nan"), same_answers_f32=float("nan"))])) == 2

@@ -13,7 +13,7 @@ different quantization of the base changes), the share of identical greedy answe
 expanded to f32 (no 8-bit activations), where whole answers must match. Results go to docs/llamacpp.md; the check
 fails below 95% top-1 agreement with the same-weights PEFT adapter on the Q4_1 base, counting a miss where PEFT's
 lead is within llama.cpp's own margin error on the base (its 95th percentile, measured on the same prompts without
-the adapter) as a tie; below 90% top-1 agreement on the base alone (then that error is not small); or below 80%
+the adapter) as a tie; when that bound is over 1 logit (llama.cpp would read the base unlike PEFT); or below 80%
 identical greedy answers on the f32 base (`zoo.export.llama_parity`).
 
 `start_llama_server(export_dir, port)` serves an export with llama-cpp-python's OpenAI server: one model alias per
@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-llama"
 DOCS = ROOT / "docs" / "llamacpp.md"
 TARGET = 0.95
-# llama.cpp's Q4_1 base against PEFT's on the same weights, no adapter: 97-100% measured; under this the tie bound
-# measured there would excuse an unsound base conversion
-BASE_TARGET = 0.90
+# the tie bound (llama.cpp's margin error on the base, 95th percentile) measured 0.22-0.25 logits: four times that
+# says llama.cpp reads the base unlike PEFT, and a bound that wide would excuse real misses
+MAX_TIE_BOUND = 1.0
 # whole greedy answers on the f32-expanded base (no 8-bit activations): "the same greedy answer on most"
 SAME_ANSWERS_F32 = 0.80
 # 64 prompts per task: at 32 one near-tie flipped by llama.cpp's 8-bit activation rounding is 3.1 points of the bar
@@ -242,15 +242,21 @@ def run_check(zoo_dir, n: int, data_dir=None, docs: Path = DOCS, train_examples:
     write_docs(docs, results, context, BEGIN, END)
     print(table(results))
     print(f"[llama-check] {wall:.0f} s in all ({setup:.0f} s setup, wheel {context['wheel']}); results in {docs}")
-    low = [f"{r.adapter}: top-1 agreement outside ties (bound {r.tie_bound:.3f}) {r.top1_outside_ties:.1%} < "
-           f"{TARGET:.0%}" for r in results if not r.top1_outside_ties >= TARGET]
-    low += [f"{r.adapter}: base alone, llama.cpp vs PEFT top-1 {r.base_top1:.1%} < {BASE_TARGET:.0%}"
-            for r in results if not r.base_top1 >= BASE_TARGET]
-    low += [f"{r.adapter}: same greedy answer on the f32 base {r.same_answers_f32:.1%} < {SAME_ANSWERS_F32:.0%}"
-            for r in results if not r.same_answers_f32 >= SAME_ANSWERS_F32]
+    low = failures(results)
     for line in low:
         print(f"[llama-check] FAIL {line}")
     return 1 if low else 0
+
+
+def failures(results) -> list[str]:
+    """One line per bar an adapter misses (module docstring); none: the check passes."""
+    low = [f"{r.adapter}: top-1 agreement outside ties (bound {r.tie_bound:.3f}) {r.top1_outside_ties:.1%} < "
+           f"{TARGET:.0%}" for r in results if not r.top1_outside_ties >= TARGET]
+    low += [f"{r.adapter}: llama.cpp's margin error on the base {r.tie_bound:.3f} > {MAX_TIE_BOUND:g} logit"
+            for r in results if not r.tie_bound <= MAX_TIE_BOUND]
+    low += [f"{r.adapter}: same greedy answer on the f32 base {r.same_answers_f32:.1%} < {SAME_ANSWERS_F32:.0%}"
+            for r in results if not r.same_answers_f32 >= SAME_ANSWERS_F32]
+    return low
 
 
 def main(argv: list[str] | None = None) -> int:
