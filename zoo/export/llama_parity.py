@@ -103,11 +103,22 @@ def peft_side(runtime, name: str, spec, prompts: list[list[int]]) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def share_first_agree(firsts: list[int], llama_answers: list[list[int]]) -> float:
+    """The share of prompts whose llama.cpp answer starts with the given first token."""
+    return sum(bool(a) and a[0] == f for a, f in zip(llama_answers, firsts)) / len(llama_answers)
+
+
+def _misses(side: dict, llama_answers: list[list[int]]) -> list[float | None]:
+    """Per first-token miss: PEFT's logit lead of its own token over llama.cpp's (None: llama.cpp answered
+    nothing)."""
+    return [None if not a else float(row[f] - row[a[0]])
+            for row, f, a in zip(side["logits"], side["first"], llama_answers) if not a or a[0] != f]
+
+
 def miss_gaps(side: dict, llama_answers: list[list[int]]) -> list[float]:
     """For each prompt whose first token differs: how far ahead PEFT's token was of llama.cpp's, in logits. Small
     gaps are near-ties that any rounding of the activations can flip, not a wrong adapter."""
-    return [round(float(row[f] - row[a[0]]), 4) for row, f, a in zip(side["logits"], side["first"], llama_answers)
-            if a and a[0] != f]
+    return [round(g, 4) for g in _misses(side, llama_answers) if g is not None]
 
 
 def top_two(logits: list) -> list[list[int]]:
@@ -131,8 +142,7 @@ def quantile(values: list[float], q: float = TIE_QUANTILE) -> float:
 def share_outside_ties(side: dict, llama_answers: list[list[int]], bound: float) -> float:
     """The share of prompts whose first token agrees, counting a miss as agreement when PEFT's lead of its own
     token over llama.cpp's is within `bound` (a tie rounding decides); an empty answer is a miss."""
-    misses = sum(1 for row, f, a in zip(side["logits"], side["first"], llama_answers)
-                 if not a or (a[0] != f and not float(row[f] - row[a[0]]) <= bound))
+    misses = sum(1 for lead in _misses(side, llama_answers) if lead is None or not lead <= bound)
     return 1 - misses / len(llama_answers)
 
 
@@ -143,8 +153,8 @@ def base_noise(same, python: Path, base: Path, prompts: list[list[int]], eos: li
     pairs = top_two(logits)
     run = llama_run(python, base, None, prompts, 1, eos, candidates=pairs)
     errors = margin_errors(logits, pairs, run["first_logits"])
-    agree = [bool(a) and a[0] == p[0] for a, p in zip(run["answers"], pairs)]
-    return {"answers": run["answers"], "top1": sum(agree) / len(prompts), "bound": quantile(errors)}
+    return {"answers": run["answers"], "top1": share_first_agree([p[0] for p in pairs], run["answers"]),
+            "bound": quantile(errors)}
 
 
 def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int, data_dir=None,
@@ -170,18 +180,18 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     decoded = lambda ids: [tok.decode(a, skip_special_tokens=True) for a in ids]  # noqa: E731
     llama = decoded(answers)
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731
-    top1 = lambda firsts, side: share([bool(a) and a[0] == f for a, f in zip(side, firsts)])  # noqa: E731
     same_text = lambda texts, other=llama: share([x.strip() == y.strip()  # noqa: E731
                                                   for x, y in zip(texts, other)])
     score = lambda texts: float(score_outputs(spec, texts, rows)[spec.primary_metric])  # noqa: E731
     return Parity(
-        name, spec.name, len(rows), top1=top1(ref["first"], answers), same_answers=same_text(ref["answers"]),
-        top1_nf4=top1(quantized["first"], answers), same_answers_nf4=same_text(quantized["answers"]),
-        control_top1=top1(ref["first"], noise["answers"]), miss_gaps=miss_gaps(ref, answers),
+        name, spec.name, len(rows), top1=share_first_agree(ref["first"], answers),
+        same_answers=same_text(ref["answers"]), top1_nf4=share_first_agree(quantized["first"], answers),
+        same_answers_nf4=same_text(quantized["answers"]),
+        control_top1=share_first_agree(ref["first"], noise["answers"]), miss_gaps=miss_gaps(ref, answers),
         metric=spec.primary_metric, score_peft=score(ref["answers"]), score_nf4=score(quantized["answers"]),
         score_llama=score(llama), seconds_peft=ref["seconds"], seconds_llama=run["seconds"],
-        **({"top1_f32": top1(ref["first"], in_f32), "same_answers_f32": same_text(ref["answers"], decoded(in_f32))}
-           if in_f32 else {}),
+        **({"top1_f32": share_first_agree(ref["first"], in_f32),
+            "same_answers_f32": same_text(ref["answers"], decoded(in_f32))} if in_f32 else {}),
         base_top1=noise["top1"], tie_bound=noise["bound"],
         adapter_margin_error=quantile(margin_errors(ref["logits"], pairs, run["first_logits"])),
         top1_outside_ties=share_outside_ties(ref, answers, noise["bound"]))
