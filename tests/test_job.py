@@ -179,3 +179,16 @@ def test_bad_budgets_are_refused_before_anything_runs(budgets, message, tmp_path
     assert main(["run", *budgets, "--zoo", str(tmp_path / "zoo")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "zoo").exists()
+
+
+def test_every_step_gets_the_jobs_data_folder():
+    """`zoo run --data-dir D`: training, the router's fit and evaluation all read D (the router's fit once did not,
+    and went to the Hub, which fails offline)."""
+    machine = Machine(generation=120)
+    job = Job(dict(DEFAULTS), 24 * 60, ood_n=Machine.OOD_ROWS, clock=machine.clock)
+    shared = ["--data-dir", "D"]
+    run_job(job, ["--max-examples", "all", *shared], ["-n", "200", *shared], runner=machine, say=lambda _: None,
+            route_args=shared)
+    steps = [c for c in machine.calls if c[0] in ("train", "route", "eval")]
+    assert {c[0] for c in steps} == {"train", "route", "eval"}
+    assert all(c[c.index("--data-dir") + 1] == "D" for c in steps)

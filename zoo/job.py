@@ -141,9 +141,9 @@ def say_now(line: str) -> None:
 
 
 def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | None = None, runner: Runner = run_zoo,
-            say=say_now) -> dict:
-    """Base answers (timed), then each task's training to its planned budget, the router, the evaluation of the
-    job's `adapters` (default: named as the tasks)."""
+            say=say_now, route_args: list = ()) -> dict:
+    """Base answers (timed), then each task's training to its planned budget, the router (`zoo route --train
+    *route_args`), the evaluation of the job's `adapters` (default: named as the tasks)."""
     job.started = job.clock()
     tasks = list(job.defaults)
     eval_args = base_answers_then_ood(job, tasks, eval_args, runner, say)
@@ -153,7 +153,8 @@ def run_job(job: Job, train_args: list, eval_args: list, adapters: list[str] | N
         seconds, _ = runner(["train", task, "--time-budget", f"{budget:.0f}s", *train_args, "--no-router"], False)
         job.start_ups.append(max(0.0, seconds - budget))
         job.record(f"train {task}", seconds, planned=budget)
-    for step, argv in (("route", ["route", "--train"]), ("eval", ["eval", *(adapters or tasks), *eval_args])):
+    steps = (("route", ["route", "--train", *route_args]), ("eval", ["eval", *(adapters or tasks), *eval_args]))
+    for step, argv in steps:
         seconds, _ = runner(argv, False)
         job.record(step, seconds)
     summary = job.summary()

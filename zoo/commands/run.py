@@ -44,7 +44,8 @@ def run(args) -> int:
     train_args = ["--max-examples", "all", *(["--max-memory", args.max_memory] if args.max_memory else []), *shared]
     eval_args = ["-n", args.n, *shared]
     zoo = Zoo(args.zoo)
-    summary = run_job(Job(defaults, deadline, ood_n=args.ood_n or args.n), train_args, eval_args, adapters)
+    summary = run_job(Job(defaults, deadline, ood_n=args.ood_n or args.n), train_args, eval_args, adapters,
+                      route_args=shared)
     summary["examples"] = examples_trained(zoo, adapters)
     atomic_write_json(zoo.reports_dir / "run.json", summary)
     print(f"[zoo] the job's steps and times: {zoo.reports_dir / 'run.json'}")
