@@ -192,3 +192,25 @@ def test_every_step_gets_the_jobs_data_folder():
     steps = [c for c in machine.calls if c[0] in ("train", "route", "eval")]
     assert {c[0] for c in steps} == {"train", "route", "eval"}
     assert all(c[c.index("--data-dir") + 1] == "D" for c in steps)
+
+
+def test_the_bases_first_conversion_speaks_on_stderr_so_json_output_stays_json(tmp_path, monkeypatch, capsys):
+    """On a machine that had not converted the embedded base, `make run`'s first step (`zoo eval --base-answers
+    --json`, read from stdout by the job) printed the conversion notice before its JSON, and the job stopped."""
+    import zoo.base
+
+    def convert(gguf_dir, gguf_file, target, hub_id):
+        target.mkdir(parents=True)
+        (target / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo.base, "_convert_gguf", convert)
+    assert zoo.base._embedded_path("smollm2-135m") == tmp_path / "smollm2-135m"
+    out, err = capsys.readouterr()
+    assert out == "" and "converting" in err
+
+
+def test_output_the_job_cannot_read_is_shown_in_the_error():
+    job = Job(dict(DEFAULTS), 24 * 60, ood_n=Machine.OOD_ROWS)
+    with pytest.raises(ZooError, match=r"printed no results the job can read .* it began: '\[zoo\] hello'"):
+        run_job(job, [], [], runner=lambda argv, capture: (1.0, "[zoo] hello\n{}"), say=lambda _: None)

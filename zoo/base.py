@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,8 @@ def _embedded_path(name: str) -> Path:
     gguf_dir = Path(spec.origin).parent
     with file_lock(cache_dir() / f".{name}.lock"):
         if not (target / "model.safetensors").exists():
+            # stderr: stdout may be a command's --json output (`zoo run` reads `zoo eval --json` from it)
+            print(f"[zoo] converting {info['gguf']} to safetensors in {target} (once)...", file=sys.stderr, flush=True)
             _convert_gguf(gguf_dir, info["gguf"], target, info["hub_id"])
     return target
 
@@ -97,7 +100,6 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path, hub_id: str) -> 
     """Dequantize the GGUF once into a plain safetensors folder (~20 s), so later loads take seconds."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[zoo] converting {gguf_file} to safetensors in {target} (once)...", flush=True)
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
     config = gguf_model.config
