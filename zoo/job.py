@@ -192,9 +192,9 @@ def time_base_answers(job: Job, tasks: list[str], eval_args: list, runner: Runne
         job.base_answers = json.loads(out)
         sets = [s for per_task in job.base_answers.values() for s in per_task.values() if "seconds" in s]
     except (ValueError, AttributeError) as e:
-        began = (out or "").strip().splitlines()[:1] or [""]
+        first_line = (out or "").strip().partition("\n")[0]
         raise ZooError(f"`zoo eval --base-answers` printed no results the job can read ({e}); it began: "
-                       f"{began[0][:120]!r}") from None
+                       f"{first_line[:120]!r}") from None
     job.base_seconds = sum(s["seconds"] for s in sets)
     start_up = max(0.0, seconds - sum(s["seconds"] for s in sets if not s["kept"]))
     job.eval_start_up = max(job.eval_start_up, start_up)
