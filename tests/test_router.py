@@ -186,6 +186,23 @@ def test_the_embedding_reads_the_request_not_the_pasted_input():
     assert request_ends(chat, 160) == ends(chat, 160)
 
 
+def test_one_pass_embedding_gives_each_sentence_its_own_vector():
+    """The first and last sentences go through MiniLM in one batch (for speed); each prompt's columns are still
+    [its first sentence's vector, its last sentence's vector], as when each is embedded alone."""
+    from router.features import Embedder, embed_features, forget_embeddings, request_ends
+
+    prompts = ["Read: 'The bakery opens at 7 am and closes at 3 pm on weekdays.' When does it close?",
+               "Summarize this, please.\nAnn: lunch at noon?\nMark: yes\nThanks a lot for your help."]
+    forget_embeddings()
+    batched = embed_features(prompts, 160)
+    for row, prompt in zip(batched, prompts):
+        first, last = request_ends(prompt, 160)
+        forget_embeddings()
+        alone = np.hstack([Embedder.get()([first])[0], Embedder.get()([last])[0]])
+        np.testing.assert_allclose(row, alone, atol=1e-5)
+    assert not np.allclose(batched[0], batched[1], atol=1e-2)
+
+
 def test_mix_features_round_trip(zoo_dir):
     """The default features (n-grams + MiniLM) fit, save and load to the same probabilities."""
     from router.api import save_router
