@@ -14,7 +14,7 @@ re-made before every task from the time actually spent.
 The out-of-domain samples give way first: they are context in the reports, not what the adapters are trained and
 judged on. The base answers the in-domain samples first; from their seconds per prompt token the job predicts
 what the out-of-domain samples would cost and, where they would leave training less than its budgets, answers
-fewer of their rows (down to half), before training is shortened at all.
+fewer of their rows (down to a quarter), before training is shortened at all.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ START_UP_GUESS_S = 30.0  # a training process's time outside its budget (load, t
 # AVX512-BF16, the job runs past its deadline and says so before it trains.
 MIN_SHARE = 0.5
 SAFETY = 0.04  # share of the deadline kept free for what the prediction misses
-OOD_MIN_SHARE = 0.5  # the least share of the out-of-domain rows asked for that the job keeps
+OOD_MIN_SHARE = 0.25  # the least share of the out-of-domain rows asked for that the job keeps (25 of 100)
 
 Runner = Callable[[list, bool], tuple]  # (zoo arguments, capture stdout) -> (seconds, stdout or None)
 
