@@ -163,10 +163,13 @@ def run(args) -> int:
     if args.processes is not None or args.ray is not None:
         return scale_out(args, zoo, specs, base)
     loaded = load_base(base, quant=not args.no_quant, device=ddp.device())
-    for spec in specs:
-        entry = train_adapter(zoo, spec, loaded, name=args.name, data_dir=args.data_dir, resume=args.resume)
-        if ddp.is_main():
-            print_trained(entry)
+    try:
+        for spec in specs:
+            entry = train_adapter(zoo, spec, loaded, name=args.name, data_dir=args.data_dir, resume=args.resume)
+            if ddp.is_main():
+                print_trained(entry)
+    finally:
+        ddp.leave()  # the router below is the main process's alone
     if not args.no_router and ddp.is_main():
         refresh_router(zoo, args.data_dir)
     return 0

@@ -53,6 +53,18 @@ def _state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def leave() -> None:
+    """Leave the launch's process group before the interpreter exits. Without it gloo's worker threads can
+    outlive the interpreter's teardown and abort a finished run ("terminate called without an active
+    exception", exit -6; pytorch/pytorch#190489), which the launcher reports as a failure."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def on_main(fn, *args):
     """`fn(*args)` on the main process only; every process returns its result (or raises its ZooError)."""
     if world_size() == 1:
