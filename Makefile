@@ -10,8 +10,8 @@ TRAIN_BUDGETS ?= sentiment=2m qa=5m summarization=4m
 RUN_DEADLINE ?= 24m
 # The training memory plan's budget per compute dtype (`zoo train --max-memory`, GiB; fp32 on CPUs without
 # AVX512-BF16 holds twice the weight bytes): the plan's estimate errs high, and the largest peaks measured under
-# these budgets were 5.2 GB (QA, bf16) and 5.3 GB (summarization, fp32, estimated at 6.1 GiB: with room for the
-# dense NF4 copies it trains 11% faster; docs/performance.md, "The memory plan").
+# these budgets were 5.2 GB (QA, bf16) and 5.3 GB (summarization trained alone in fp32: no layer checkpointed,
+# dense NF4 copies on, estimated at 6.1 GiB; 11% more examples than at 5.5 GiB; docs/performance.md, "Session 23").
 TRAIN_MEMORY ?= bf16=5GB,fp32=6.2GB,fp16=5GB
 TEST_WORKERS ?= 2
 BIN        := $(VENV)/bin

@@ -110,7 +110,7 @@ def test_a_slower_machine_answers_the_least_rows_and_trains_shorter_in_proportio
     assert all(MIN_SHARE * DEFAULTS[t] < budgets[t] < DEFAULTS[t] for t in DEFAULTS)
     assert budgets["qa"] / budgets["sentiment"] == pytest.approx(300 / 120, rel=0.05)
     assert summary["within_deadline"] and summary["seconds"] >= 0.9 * 24 * 60
-    ood_generation = 400 / 2 * OOD_MIN_SHARE  # the fake machine's out-of-domain rows cost as much as the in-domain
+    ood_generation = 400 / 2 * OOD_MIN_SHARE  # on the fake machine 100 out-of-domain rows cost what the in-domain do
     assert summary["predicted_evaluation_s"] == pytest.approx(ADAPTER_EVAL_RATIO * (200 + ood_generation) + 30)
     train = [c for c in machine.calls if c[0] == "train"]
     assert [c[1] for c in train] == list(DEFAULTS) and all("--no-router" in c and "all" in c for c in train)
