@@ -110,12 +110,12 @@ def test_a_slower_machine_answers_the_least_rows_and_trains_shorter_in_proportio
     assert all(MIN_SHARE * DEFAULTS[t] < budgets[t] < DEFAULTS[t] for t in DEFAULTS)
     assert budgets["qa"] / budgets["sentiment"] == pytest.approx(300 / 120, rel=0.05)
     assert summary["within_deadline"] and summary["seconds"] >= 0.9 * 24 * 60
-    ood_generation = 400 / 2 * OOD_MIN_SHARE  # on the fake machine 100 out-of-domain rows cost what the in-domain do
+    ood_generation = machine.ood_generation(ood_rows(machine))
     assert summary["predicted_evaluation_s"] == pytest.approx(ADAPTER_EVAL_RATIO * (200 + ood_generation) + 30)
     train = [c for c in machine.calls if c[0] == "train"]
     assert [c[1] for c in train] == list(DEFAULTS) and all("--no-router" in c and "all" in c for c in train)
     assert machine.calls[-2][:2] == ["route", "--train"]
-    assert machine.calls[-1] == ["eval", *DEFAULTS, "-n", "200", "--ood-n", str(int(OOD_MIN_SHARE * 100))]
+    assert machine.calls[-1] == ["eval", *DEFAULTS, "-n", "200", "--ood-n", str(int(OOD_MIN_SHARE * Machine.OOD_ROWS))]
 
 
 def test_without_out_of_domain_data_the_base_answers_once_and_training_gives_way():
