@@ -8,6 +8,7 @@ from tasks import get_task
 from zoo.errors import ZooError
 from zoo.train import answer_loss, attach_adapter, build_examples
 from zoo.training import attention as packed
+from zoo.training import int8_grads
 from zoo.training.memory import MemoryPlan, applied, choose_plan, estimate, parse_budget, parse_size
 from zoo.training.packing import PackedCollator, planning_step
 
@@ -101,6 +102,21 @@ def test_rows_with_a_shared_prefix_give_the_unshared_rows_loss_and_gradients(nf4
     _assert_same(loss, grads, plain_loss, plain_grads)
 
 
+@pytest.mark.skipif(not int8_grads.engine_available(), reason="this torch has no fbgemm int8 linear (not x86)")
+@pytest.mark.parametrize("checkpointed", [0, 1])
+@pytest.mark.parametrize("dense", [False, True])  # int8 copies from the dense copies, or from the NF4 weights
+def test_int8_input_gradients_keep_the_loss_and_round_the_gradients_only(nf4_tiny, data_dir, dense, checkpointed):
+    model, tokenizer = nf4_tiny
+    batch = _batch(tokenizer, 96, data_dir)
+    plain_loss, plain_grads = _loss_and_grads(model, batch, "eager", None)
+    plan = MemoryPlan(checkpointed, 2, dense, 0, 0, int8_grads=True)
+    loss, grads = _loss_and_grads(model, batch, packed.NAME, plan, fused=True)
+    assert loss == pytest.approx(plain_loss, rel=1e-5)  # the forward is the fp32 one
+    errors = {name: ((g - plain_grads[name]).norm() / plain_grads[name].norm()).item() for name, g in grads.items()}
+    assert max(errors.values()) < 0.05, errors  # rounded, not wrong
+    assert max(errors.values()) > 1e-4, errors  # and int8 did compute them (fp32 agrees within 1e-4)
+
+
 def _assert_same(loss, grads, plain_loss, plain_grads):
     assert loss == pytest.approx(plain_loss, rel=1e-5)
     assert grads.keys() == plain_grads.keys() and len(grads) == 2 * 7 * 2  # A and B, 7 modules, 2 layers
@@ -139,11 +155,16 @@ def test_a_plan_is_undone_after_training(nf4_tiny):
 
     model, _ = nf4_tiny
     layers = list(model.model.layers)
-    with applied(model, MemoryPlan(2, 2, True, 0, 0)):
+    int8 = int8_grads.engine_available()
+    with applied(model, MemoryPlan(2, 2, True, 0, 0, int8_grads=int8)):
         assert all(layer.gradient_checkpointing for layer in layers)
         assert all(m._zoo_dense is not None for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+        assert all((m._zoo_int8 is not None) == int8 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    with applied(model, MemoryPlan(0, 2, False, 0, 0, int8_grads=int8)):
+        assert all((m._zoo_int8 is not None) == int8 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     assert not any(layer.gradient_checkpointing for layer in layers)
     assert all(getattr(m, "_zoo_dense", None) is None for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    assert all(getattr(m, "_zoo_int8", None) is None for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     assert all("forward" not in vars(m) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
 
 
@@ -199,6 +220,16 @@ def test_the_planner_checkpoints_only_what_the_budget_needs():
     with pytest.raises(ZooError, match="over the 1.0 GB memory budget: raise --max-memory"):
         choose_plan(_Config, 30, budget=2**30, held=10**9, **cost)
     assert "activation checkpointing 30 of 30 layers" in tight.describe()
+    copies = dict(dense_bytes=400 * 2**20, int8_bytes=100 * 2**20, held=10**9)
+    int8 = choose_plan(_Config, 30, budget=64 * 2**30, **copies, **cost)
+    assert int8.int8_grads and int8.estimate_bytes == plain.estimate_bytes + 100 * 2**20
+    assert "input gradients in int8" in int8.describe() and int8.as_dict()["int8_grads"]
+    dense_only = choose_plan(_Config, 30, budget=plain.estimate_bytes + 2**20, **copies, **cost)
+    assert dense_only.dense_weights and not dense_only.int8_grads  # the int8 copies come last
+    no_room_for_dense = dict(copies, dense_bytes=100 * 2**30)
+    int8_only = choose_plan(_Config, 30, budget=64 * 2**30, **no_room_for_dense, **cost)
+    assert int8_only.int8_grads and not int8_only.dense_weights  # int8 copies need no dense copies
+    assert not choose_plan(_Config, 30, budget=full + 2**20, **copies, **cost).int8_grads
 
 
 def test_the_planning_step_is_a_batch_of_long_examples_packed_as_the_collator_packs():

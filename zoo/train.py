@@ -8,7 +8,9 @@ Why it is faster than the usual recipe (see `zoo bench`):
 - on a CPU, each packed example attends to itself only, scale and mask fused (`zoo.training.attention`), and
 - each LoRA layer adds its adapter in one `addmm` (`zoo.training.lora`), and
 - the memory plan (`zoo.training.memory`) checkpoints only as many layers as the memory budget needs and keeps
-  dense copies of the frozen NF4 weights when they fit (no dequantizing on every call).
+  dense copies of the frozen NF4 weights when they fit (no dequantizing on every call), and
+- in fp32 on a CPU, backward hands the gradient down through int8 copies of the frozen weights
+  (`zoo.training.int8_grads`; the forward and the loss stay exact).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def training_args(train, run_dir: Path, device: str, compute_dtype) -> dict:
 def memory_plan(run: "TrainingRun", loaded):
     """The fastest memory plan estimated to fit the run's budget, for a step of long examples (`planning_step`)."""
     from zoo.serving.dense import dense_bytes_if_used
+    from zoo.training.int8_grads import int8_grad_bytes
     from zoo.training.memory import choose_plan, parse_budget
 
     train, config = run.spec.train, loaded.model.config
@@ -149,7 +152,7 @@ def memory_plan(run: "TrainingRun", loaded):
     tokens, cells = planning_step(run.examples, train.batch_size, train.row_tokens, shared)
     budget = parse_budget(train.max_memory, loaded.compute_dtype) if train.max_memory else None
     return choose_plan(config, trained, tokens, cells, loaded.compute_dtype.itemsize, budget=budget,
-                       dense_bytes=dense_bytes_if_used(loaded.model),
+                       dense_bytes=dense_bytes_if_used(loaded.model), int8_bytes=int8_grad_bytes(loaded.model),
                        at_least=trained if train.gradient_checkpointing else 0, device=loaded.device)
 
 

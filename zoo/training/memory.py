@@ -1,4 +1,5 @@
-"""Memory plans for a training run: which layers recompute their activations, and dense copies of the NF4 weights.
+"""Memory plans for a training run: which layers recompute their activations, and dense (and int8) copies of the
+NF4 weights.
 
 Backward needs what each trained-through layer computed in forward (~130 MB per SmolLM2 layer for a QA step of
 2,500 fp32 tokens: five hidden-sized tensors, four MLP-sized ones, the attention probabilities). A checkpointed
@@ -47,17 +48,19 @@ class MemoryPlan:
     dense_weights: bool  # frozen NF4 weights as dense copies: no dequantizing per call, more memory
     estimate_bytes: int
     budget_bytes: int
+    int8_grads: bool = False  # backward's input gradients through int8 copies (zoo.training.int8_grads)
 
     def describe(self) -> str:
         ckpt = "none" if not self.checkpointed else f"{self.checkpointed} of {self.trained_layers} layers"
         dense = "on" if self.dense_weights else "off"
-        return (f"memory plan: activation checkpointing {ckpt}, dense NF4 copies {dense}"
+        int8 = ", input gradients in int8" if self.int8_grads else ""
+        return (f"memory plan: activation checkpointing {ckpt}, dense NF4 copies {dense}{int8}"
                 f", estimated peak {self.estimate_bytes / 2**30:.1f} GB of a {self.budget_bytes / 2**30:.1f} GB budget")
 
     def as_dict(self) -> dict:
         return {"checkpointed_layers": self.checkpointed, "trained_layers": self.trained_layers,
-                "dense_weights": self.dense_weights, "estimate_mb": round(self.estimate_bytes / 2**20),
-                "budget_mb": round(self.budget_bytes / 2**20)}
+                "dense_weights": self.dense_weights, "int8_grads": self.int8_grads,
+                "estimate_mb": round(self.estimate_bytes / 2**20), "budget_mb": round(self.budget_bytes / 2**20)}
 
 
 def parse_size(text: str) -> int:
@@ -161,10 +164,11 @@ def estimate(config, trained_layers: int, checkpointed: int, tokens: int, attent
 
 def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, dtype_bytes: int,
                 budget: int | None = None, dense_bytes: int = 0, held: int | None = None,
-                at_least: int = 0, device: str = "cpu") -> MemoryPlan:
+                at_least: int = 0, device: str = "cpu", int8_bytes: int = 0) -> MemoryPlan:
     """The fastest plan whose estimate fits `budget`: the fewest checkpointed layers (`at_least` of them), then
-    dense copies of the NF4 weights if they fit too (they never cost a checkpointed layer). Over budget even
-    fully checkpointed: a clear error naming what to change."""
+    dense copies of the NF4 weights if they fit too (they never cost a checkpointed layer), then int8 copies
+    of them for backward (`int8_bytes`; 0: not available). Over budget even fully checkpointed: a clear error
+    naming what to change."""
     budget = default_budget(device) if budget is None else budget
     held = held_bytes(device) if held is None else held
     cost = functools.partial(estimate, config, trained_layers, tokens=tokens, attention_cells=attention_cells,
@@ -176,7 +180,10 @@ def choose_plan(config, trained_layers: int, tokens: int, attention_cells: int, 
                        f"layer checkpointed, over the {budget / 2**30:.1f} GB memory budget: raise --max-memory, "
                        "or lower --batch-size, --row-tokens or --max-seq-len")
     dense = bool(dense_bytes) and cost(k, dense_bytes=dense_bytes) <= budget
-    return MemoryPlan(k, trained_layers, dense, cost(k, dense_bytes=dense_bytes if dense else 0), budget)
+    copies = dense_bytes if dense else 0
+    int8 = bool(int8_bytes) and cost(k, dense_bytes=copies + int8_bytes) <= budget
+    copies += int8_bytes if int8 else 0
+    return MemoryPlan(k, trained_layers, dense, cost(k, dense_bytes=copies), budget, int8)
 
 
 @contextlib.contextmanager
@@ -185,6 +192,7 @@ def applied(model, plan: MemoryPlan):
     import torch.utils.checkpoint as ckpt
 
     from zoo.serving import dense
+    from zoo.training import int8_grads
 
     layers = list(model.get_decoder().layers)
     first = len(layers) - plan.trained_layers
@@ -193,9 +201,11 @@ def applied(model, plan: MemoryPlan):
     for layer in chosen:
         layer.gradient_checkpointing, layer._gradient_checkpointing_func = True, func
     undo_dense = dense.use_dense_for_training(model) if plan.dense_weights else (lambda: None)
+    undo_int8 = int8_grads.use_int8_grads(model) if plan.int8_grads else (lambda: None)  # over the dense forward
     try:
         yield plan
     finally:
         for layer in chosen:
             layer.gradient_checkpointing = False
+        undo_int8()
         undo_dense()
