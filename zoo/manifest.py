@@ -66,6 +66,7 @@ class Entry:
     route_as: tuple[str, ...] = ()
     pulled_from: str | None = None
     repo: str | None = None
+    logit_bias: dict | None = None  # {"token id": value}: the calibrated decision of a task with labels
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
@@ -122,6 +123,10 @@ def _checked(what: str, key: str, value):
                 not all(isinstance(p, str) for p in raw.get("parents", [])):
             raise ZooError(f"{what}: blend parents must be names and weights numbers")
         return BlendInfo(**{**raw, "parents": tuple(raw.get("parents", ())), "weights": tuple(raw.get("weights", ()))})
+    if key == "logit_bias":
+        from zoo.label_bias import check
+
+        return check(value, what=f"{what}: manifest field 'logit_bias'")
     if key == "route_as":
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             raise ZooError(f"{what}: 'route_as' must be a list of task names")

@@ -248,6 +248,8 @@ def _write_merged(zoo, name, entry, ref, staged: Path, dtype: str, quantize: str
     merged, reference, diff, tol, greedy_same = merge_in_memory(zoo.adapter_dir(name), ref, ids)
     torch_dtype = getattr(torch, DTYPES[dtype])
     cast_parameters(merged, torch_dtype)
+    if entry.logit_bias:  # the calibrated decision (zoo.label_bias), which transformers' generate then applies
+        merged.generation_config.sequence_bias = [[[int(t)], float(v)] for t, v in entry.logit_bias.items()]
     saved, reload_diff = save_checked(merged, tokenizer, staged, ids, dtype, dtype=torch_dtype)
     result = MergeResult(name, staged, dtype, diff, tol, reload_diff, max_diff(saved, reference), greedy_same)
     del merged

@@ -187,6 +187,7 @@ class TrainingRun:
     checkpoint: str | None  # resume from here
     examples: list[dict]
     source: str  # where the rows came from, for the manifest
+    pool: list[dict]  # the rows drawn for training (calibration takes others)
 
     @property
     def tokens(self) -> int:
@@ -205,11 +206,12 @@ def train_adapter(zoo, spec, loaded, name: str | None = None, data_dir=None, res
             model = attach_adapter(loaded.model, spec.lora, run.name)
             try:
                 stats, log = run_trainer(model, run, loaded, callbacks)
-                staged = ddp.on_main(stage_adapter, zoo, model, run, stats, log)
+                calibration = ddp.on_main(calibrate_labels, model, run, loaded, data_dir)
+                staged = ddp.on_main(stage_adapter, zoo, model, run, stats, log, calibration)
             finally:
                 model.unload()  # give the shared base back without LoRA layers
                 torch.set_grad_enabled(True)
-        entry = adapter_entry(run, loaded, stats, log)
+        entry = adapter_entry(run, loaded, stats, log, calibration)
         ddp.on_main(_install, zoo, staged, entry, run.run_dir)
     return entry
 
@@ -236,7 +238,7 @@ def setup_run(zoo, spec, loaded, name: str, data_dir, resume: bool) -> TrainingR
     examples = build_examples(spec, loaded.tokenizer, rows, train.max_seq_len, train.seed)
     set_seed(train.seed)
     return TrainingRun(name, spec, run_dir, settings, checkpoint, examples,
-                       describe_source(spec, spec.train_split, data_dir))
+                       describe_source(spec, spec.train_split, data_dir), rows)
 
 
 def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, list[dict]]:
@@ -273,19 +275,33 @@ def run_trainer(model, run: TrainingRun, loaded, callbacks=()) -> tuple[dict, li
     return stats, [h for h in trainer.state.log_history if "loss" in h]
 
 
-def stage_adapter(zoo, model, run: TrainingRun, stats: dict, log: list[dict]) -> Path:
+def calibrate_labels(model, run: TrainingRun, loaded, data_dir) -> dict | None:
+    """A task with labels: the adapter's decision calibrated on unseen training rows (`zoo.label_bias`)."""
+    from zoo import label_bias
+
+    calibration = label_bias.calibrate(model, loaded.tokenizer, run.spec, run.pool, data_dir, run.spec.train.seed + 1)
+    if calibration:
+        print(f"[zoo] {run.name}: label bias {calibration['bias']} on {calibration['rows']} unseen training rows "
+              f"(accuracy there {calibration['accuracy_before']:.3f} -> {calibration['accuracy_after']:.3f})",
+              flush=True)
+    return calibration
+
+
+def stage_adapter(zoo, model, run: TrainingRun, stats: dict, log: list[dict], calibration: dict | None = None) -> Path:
     """The adapter, its training record and its resolved task spec in a staging folder for `Zoo.install`."""
     from tasks import save_spec
 
     staged = zoo.staging_dir(run.name)
     save_adapter(model, run.name, staged)
-    atomic_write_json(staged / "training.json", {**run.settings, "throughput": stats, "loss_log": log})
+    record = {**run.settings, "throughput": stats, "loss_log": log}
+    atomic_write_json(staged / "training.json", {**record, "calibration": calibration} if calibration else record)
     save_spec(staged, run.spec)
     return staged
 
 
-def adapter_entry(run: TrainingRun, loaded, stats: dict, log: list[dict]) -> Entry:
+def adapter_entry(run: TrainingRun, loaded, stats: dict, log: list[dict], calibration: dict | None = None) -> Entry:
     """The manifest entry of a finished run (what `Zoo.install` records)."""
+    from zoo.label_bias import as_logit_bias
     from zoo.store import now_iso
 
     return Entry(
@@ -293,6 +309,7 @@ def adapter_entry(run: TrainingRun, loaded, stats: dict, log: list[dict]) -> Ent
         train=asdict(run.spec.train), path=f"adapters/{run.name}", created=now_iso(), throughput=stats,
         data={"source": run.source, "examples": len(run.examples), "tokens": run.tokens},
         final_loss=log[-1]["loss"] if log else None,
+        logit_bias=as_logit_bias(calibration["token_ids"], calibration["bias"]) or None if calibration else None,
     )
 
 

@@ -20,6 +20,7 @@ from zoo.api.config import ServeConfig
 from zoo.api.metrics import Metrics
 from zoo.api.protocol import ApiError
 from zoo.errors import ZooError
+from zoo.label_bias import add_bias
 from zoo.serving.engine import Batch, Row, Sampling, sample
 
 log = logging.getLogger("zoo.serve")
@@ -193,7 +194,8 @@ class Scheduler:
     def _step(self) -> None:
         rows = self.batch.rows
         self.metrics.batch.observe(len(rows))
-        tokens = sample(self.batch.step(), rows)
+        logits = add_bias(self.batch.step(), [r.adapter for r in rows], self.runtime.logit_biases)
+        tokens = sample(logits, rows)
         now = time.monotonic()
         for row, token in zip(rows, tokens):
             job = row.tag

@@ -31,7 +31,7 @@ from zoo.api.serving import AUTO, BASE, POLL_S, check_request, model_cards, rout
 from zoo.api.upstream_names import Names, load_names, load_router, lora_ids
 from zoo.api.upstream_wire import (MAX_ANSWER_BYTES, ClosingStream, garbage, sse_data, status_error, timed_out,
                                    transport_error, upstream_error)
-from zoo.errors import printable
+from zoo.errors import ZooError, printable
 
 log = logging.getLogger("zoo.serve")
 CONNECT_S = 5.0  # a refused or unroutable engine is reported within this, whatever --timeout-s says
@@ -73,6 +73,7 @@ class UpstreamBackend:
         self._lora_ids: list[int] = []  # every LoRA the engine holds (llama-server): all get a scale each time
         self._last_adapter: str | None = None  # the previous request's (llama-server's prompt cache, #26207)
         self._new_tokens: dict[str, int] = {}  # default max_tokens by model
+        self._biases: dict[str, dict | None] = {}  # logit_bias by model
 
     # lifecycle -----------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -193,6 +194,8 @@ class UpstreamBackend:
             out["seed"] = body.seed
         if body.stops():
             out["stop"] = list(body.stops())
+        if self._logit_bias(model):  # the adapter's calibrated decision, as the zoo's own serving applies it
+            out["logit_bias"] = self._logit_bias(model)
         if body.stream:
             out["stream_options"] = {"include_usage": True}  # for the token metrics; dropped unless asked for
         return out
@@ -205,6 +208,16 @@ class UpstreamBackend:
             fields["cache_prompt"] = False
         self._last_adapter = model
         return fields
+
+    def _logit_bias(self, model: str) -> dict | None:
+        """A zoo adapter's `logit_bias` (`zoo.label_bias`), None for the base or a name the zoo does not hold."""
+        if model not in self._biases:
+            try:
+                entry = self.zoo.entries().get(model) if model != BASE else None
+            except ZooError:  # no manifest: an engine serving names only
+                entry = None
+            self._biases[model] = entry.logit_bias if entry else None
+        return self._biases[model]
 
     def _default_tokens(self, model: str) -> int:
         """As local serving: the adapter's task says how long its answers are."""

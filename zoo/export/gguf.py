@@ -309,7 +309,8 @@ def export_adapter(zoo, name: str, base: GgufBase, dest: Path, outtype: str = "f
 
 
 def routes_document(zoo, base: GgufBase, adapters: dict[str, dict]) -> dict:
-    """routes.json: each adapter's llama-server lora id (its position in the --lora list), route -> adapter."""
+    """routes.json: each adapter's llama-server lora id (its position in the --lora list) and `logit_bias` if it
+    has one, route -> adapter."""
     routes = {}
     if zoo.router_dir.is_dir():  # route -> adapter as the zoo's router maps them (router.api imports scikit-learn)
         from router.api import adapter_map
@@ -319,9 +320,15 @@ def routes_document(zoo, base: GgufBase, adapters: dict[str, dict]) -> dict:
         routes.setdefault(info["task"], name)
     return {"format": FORMAT, "version": 1, "engine": ENGINE,
             "base": {"gguf": str(base.gguf) if base.gguf else None, "architecture": base.arch},
-            "adapters": {n: {**info, "path": f"adapters/{n}.gguf", "lora_id": i}
+            "adapters": {n: {**info, "path": f"adapters/{n}.gguf", "lora_id": i, **_bias(zoo, n)}
                          for i, (n, info) in enumerate(adapters.items())},
             "routes": {**dict(sorted(routes.items())), NONE: None}}
+
+
+def _bias(zoo, name: str) -> dict:
+    """An adapter's calibrated decision (`zoo.label_bias`): a request to llama-server sends it as `logit_bias`."""
+    bias = zoo.get(name).logit_bias
+    return {"logit_bias": bias} if bias else {}
 
 
 def server_args(routes: dict) -> list[str]:

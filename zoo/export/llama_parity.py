@@ -60,11 +60,14 @@ class Parity:
 
 
 def llama_run(python: Path, model: Path, lora: Path | None, prompts: list[list[int]], new_tokens: int,
-              eos: list[int], candidates: list[list[int]] | None = None, timeout: float = 1800) -> dict:
+              eos: list[int], candidates: list[list[int]] | None = None, timeout: float = 1800,
+              logit_bias: dict | None = None) -> dict:
     """llama.cpp on each prompt (a worker process in the llama venv): greedy answer token ids, the first step's
-    logits of each prompt's `candidates`, seconds."""
+    logits of each prompt's `candidates`, seconds; `logit_bias` (an adapter's calibrated decision) added to every
+    step's logits, as the zoo's serving adds it."""
     wanted = candidates or [[] for _ in prompts]
     job = {"model": str(model), "lora": str(lora) if lora else None, "threads": os.cpu_count() or 2, "eos": eos,
+           "logit_bias": logit_bias or {},
            "jobs": [{"ids": ids, "max_new_tokens": new_tokens, "candidates": c} for ids, c in zip(prompts, wanted)]}
     done = subprocess.run([str(python), str(WORKER)], input=json.dumps(job), capture_output=True, text=True,
                           timeout=timeout)
@@ -74,19 +77,22 @@ def llama_run(python: Path, model: Path, lora: Path | None, prompts: list[list[i
 
 
 def llama_answers(python: Path, model: Path, lora: Path | None, prompts: list[list[int]], new_tokens: int,
-                  eos: list[int]) -> tuple[list[list[int]], float]:
+                  eos: list[int], logit_bias: dict | None = None) -> tuple[list[list[int]], float]:
     """Greedy answer token ids from llama.cpp for each prompt, and the seconds they took."""
-    result = llama_run(python, model, lora, prompts, new_tokens, eos)
+    result = llama_run(python, model, lora, prompts, new_tokens, eos, logit_bias=logit_bias)
     return result["answers"], result["seconds"]
 
 
 def peft_first_logits(runtime, name: str, prompts: list[list[int]]) -> list:
     """The next-token logits after each prompt with the adapter `name` active, or the plain base for `NONE`
-    (one prompt per forward: no padding)."""
+    (one prompt per forward: no padding), with the adapter's calibrated logit bias as its answers get it."""
     import torch
 
+    from zoo.label_bias import add_bias
+
     def first(model, extra, ids):
-        return model(input_ids=torch.tensor([ids], device=runtime.loaded.device)).logits[0, -1].float().cpu()
+        logits = model(input_ids=torch.tensor([ids], device=runtime.loaded.device)).logits[:, -1].float().cpu()
+        return add_bias(logits, [name], runtime.logit_biases)[0]
 
     if name != NONE:
         runtime.load_adapter(name)
@@ -173,10 +179,10 @@ def compare_adapter(same, nf4, python: Path, export_dir: Path, name: str, n: int
     tok = same.tokenizer
     base, lora = Path(routes["base"]["gguf"]), export_dir / routes["adapters"][name]["path"]
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    pairs = top_two(ref["logits"])
-    run = llama_run(python, base, lora, prompts, spec.max_new_tokens, eos, candidates=pairs)
+    pairs, bias = top_two(ref["logits"]), same.logit_biases.get(name)
+    run = llama_run(python, base, lora, prompts, spec.max_new_tokens, eos, candidates=pairs, logit_bias=bias)
     answers, noise = run["answers"], base_noise(same, python, base, prompts, eos)
-    in_f32 = llama_answers(python, expanded, lora, prompts, spec.max_new_tokens, eos)[0] if expanded else None
+    in_f32 = llama_answers(python, expanded, lora, prompts, spec.max_new_tokens, eos, bias)[0] if expanded else None
     decoded = lambda ids: [tok.decode(a, skip_special_tokens=True) for a in ids]  # noqa: E731
     llama = decoded(answers)
     share = lambda hits: sum(hits) / len(rows)  # noqa: E731

@@ -6,7 +6,7 @@ result: per prompt the greedy answer's token ids (the first is the top-1 next to
 token ids the PEFT side used, so tokenizers and chat templates cannot differ, and llama.cpp's first-step logits
 of the job's `candidates` (token ids; the check compares logit margins with PEFT's).
 
-    {"model": BASE.gguf, "lora": ADAPTER.gguf | null, "n_ctx": 2048, "threads": 2,
+    {"model": BASE.gguf, "lora": ADAPTER.gguf | null, "n_ctx": 2048, "threads": 2, "logit_bias": {"id": value},
      "jobs": [{"ids": [...], "max_new_tokens": 8, "candidates": [ids]}, ...]}
       ->  {"answers": [[...], ...], "first_logits": [[...], ...], "seconds": 1.2}
 """
@@ -18,9 +18,10 @@ import sys
 import time
 
 
-def greedy(llm, ids: list[int], max_new_tokens: int, eos: set[int], candidates=()) -> tuple[list[int], list]:
-    """Argmax decoding from the logits llama.cpp computes for the last position, one token at a time; also the
-    first step's logits of `candidates`."""
+def greedy(llm, ids: list[int], max_new_tokens: int, eos: set[int], candidates=(),
+           logit_bias=None) -> tuple[list[int], list]:
+    """Argmax decoding from the logits llama.cpp computes for the last position, one token at a time, with
+    `logit_bias` ({"token id": value}) added at every step; also the first step's logits of `candidates`."""
     import llama_cpp
     import numpy as np
 
@@ -29,7 +30,9 @@ def greedy(llm, ids: list[int], max_new_tokens: int, eos: set[int], candidates=(
     out: list[int] = []
     first: list[float] = []
     for step in range(max_new_tokens):
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+        for token, value in (logit_bias or {}).items():
+            logits[int(token)] += value
         if step == 0:
             first = [float(logits[int(c)]) for c in candidates]
         token = int(np.argmax(logits))
@@ -68,7 +71,8 @@ def run(job: dict) -> dict:
                 n_threads=int(job.get("threads", 2)), n_batch=512, verbose=False)
     eos = {llm.token_eos(), *job.get("eos", [])}
     t0 = time.perf_counter()
-    runs = [greedy(llm, j["ids"], int(j["max_new_tokens"]), eos, j.get("candidates", ())) for j in job["jobs"]]
+    bias = job.get("logit_bias") or {}
+    runs = [greedy(llm, j["ids"], int(j["max_new_tokens"]), eos, j.get("candidates", ()), bias) for j in job["jobs"]]
     seconds = time.perf_counter() - t0
     llm.close()
     return {"answers": [a for a, _ in runs], "first_logits": [f for _, f in runs], "seconds": seconds}

@@ -62,7 +62,8 @@ def our_runs(zoo, names: list[str], n: int, data_dir) -> dict:
             rows = eval_rows(spec, n, data_dir)
             ids = prompt_ids(runtime, spec, rows)
             runs[name] = {"spec": spec, "rows": rows, "ids": ids,
-                          "ours": scored_run(runtime, spec, rows, name, ids=ids)}
+                          "ours": scored_run(runtime, spec, rows, name, ids=ids),
+                          "logit_bias": runtime.logit_biases.get(name)}
     return runs
 
 
@@ -73,7 +74,7 @@ def vllm_side(url: str, runs: dict) -> None:
 
     for name, run in runs.items():
         spec, rows = run["spec"], run["rows"]
-        outputs = complete_all(url, name, run["ids"], spec.max_new_tokens)
+        outputs = complete_all(url, name, run["ids"], spec.max_new_tokens, logit_bias=run.get("logit_bias"))
         references = [spec.references(r) for r in rows]
         run["vllm"] = {"outputs": outputs, "scores": score_outputs(spec, outputs, rows),
                        "examples": example_scores(spec.metric, outputs, references, labels=spec.labels)}

@@ -149,23 +149,27 @@ def _generated_tokens(url: str, model: str) -> int:
     return int((r.json().get("usage") or {}).get("completion_tokens") or 0)
 
 
-def complete(url: str, model: str, prompt, max_tokens: int, timeout: float = 600) -> str:
-    """One greedy completion; `prompt` is text or token ids (the exact ids Adapter Zoo's runtime feeds)."""
+def complete(url: str, model: str, prompt, max_tokens: int, timeout: float = 600,
+             logit_bias: dict | None = None) -> str:
+    """One greedy completion; `prompt` is text or token ids (the exact ids Adapter Zoo's runtime feeds);
+    `logit_bias`: the adapter's calibrated decision (`zoo.label_bias`), as the zoo's serving applies it."""
     import httpx
 
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            **({"logit_bias": logit_bias} if logit_bias else {})}
     r = httpx.post(f"{url}/completions", json=body, timeout=timeout)
     if r.status_code != 200:
         raise ZooError(f"vLLM answered {r.status_code} for model {model!r}: {r.text[:200]}")
     return r.json()["choices"][0]["text"]
 
 
-def complete_all(url: str, model: str, prompts: list, max_tokens: int, concurrency: int = 16) -> list[str]:
+def complete_all(url: str, model: str, prompts: list, max_tokens: int, concurrency: int = 16,
+                 logit_bias: dict | None = None) -> list[str]:
     """Greedy completions of many prompts, `concurrency` in flight (vLLM batches them), in order."""
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(concurrency) as pool:
-        jobs = pool.map(lambda p: complete(url, model, p, max_tokens), prompts)
+        jobs = pool.map(lambda p: complete(url, model, p, max_tokens, logit_bias=logit_bias), prompts)
         return list(tqdm(jobs, total=len(prompts), desc=f"vLLM {model}", unit="ex", leave=False))
 
 

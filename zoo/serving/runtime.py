@@ -17,6 +17,7 @@ from zoo.serving.dense import use_dense_weights
 from zoo.adapter_config import linear_dims
 from zoo.errors import ZooError, printable
 from zoo.fsutil import check_name
+from zoo.label_bias import AdapterLogitBias, check
 from zoo.serving.lora_serving import use_serving_forwards
 from zoo.prompting import text_prompt_ids
 from zoo.store import Zoo, adapter_problems
@@ -47,6 +48,7 @@ class Runtime:
         self.tokenizer = self.loaded.tokenizer
         self.base_dims = linear_dims(self.loaded.model)  # adapter shapes are checked against these before PEFT
         self.model = None  # becomes a PeftModel with the first adapter
+        self.logit_biases: dict[str, dict] = {}  # adapter -> its calibrated decision (`zoo.label_bias`)
         self.lock = threading.RLock()  # generation and adapter changes are serialized on the shared model
         self._router = None
 
@@ -66,6 +68,9 @@ class Runtime:
             if name in self.adapters:
                 return
             self.zoo.require_healthy(name, self.loaded.ref, self.base_dims)
+            bias = self.zoo.get(name).logit_bias
+            if bias:
+                self.logit_biases[name] = check(bias, self.loaded.model.config.vocab_size, f"adapter {name!r}")
             self._attach(name, self.zoo.adapter_dir(name))
 
     def _attach(self, name: str, folder) -> None:
@@ -364,6 +369,8 @@ class Runtime:
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     def _generate_with(self, names: list[str], kwargs: dict):
+        if any(n in self.logit_biases for n in names):  # a calibrated decision (zoo.label_bias), row by row
+            kwargs = {**kwargs, "logits_processor": [AdapterLogitBias(names, self.logit_biases)]}
         return self.with_adapters(names, lambda model, extra: model.generate(**kwargs, **extra))
 
     def with_adapters(self, names: list[str], call):
