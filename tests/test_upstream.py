@@ -377,6 +377,22 @@ def test_the_engine_gets_the_served_name_our_key_and_usage_for_streams(fake_engi
     assert "lora" not in first and "cache_prompt" not in first  # openai kind: the model name is the adapter
 
 
+def test_an_adapter_with_a_calibrated_decision_sends_its_logit_bias(served_zoo, fake_engine, tmp_path):
+    """The engine gets the adapter's `logit_bias` (zoo.label_bias) with each request to it, and only to it."""
+    import shutil
+
+    fake, url = fake_engine
+    zoo = Zoo(shutil.copytree(served_zoo.root, tmp_path / "zoo"))
+    zoo.put(zoo.get("sst").with_(logit_bias={"16185": 0.8}))
+    with front(zoo, url) as (front_url, _):
+        fake.seen.clear()
+        chat(client_for(front_url), PROMPTS["sst"], "sst")
+        chat(client_for(front_url), PROMPTS["squad"], "squad")
+    first, second = (s["body"] for s in fake.seen)
+    assert first["model"] == "sst" and first["logit_bias"] == {"16185": 0.8}
+    assert second["model"] == "squad" and "logit_bias" not in second
+
+
 # llama-server ---------------------------------------------------------------------------------------------
 def scales(body: dict) -> dict[int, float]:
     return {item["id"]: item["scale"] for item in body["lora"]}
