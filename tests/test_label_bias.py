@@ -88,6 +88,9 @@ def test_the_runtime_and_the_api_engine_answer_with_the_bias(tiny_base_dir, tmp_
     assert after[1] == runtime.generate_ids([[5, 6, 7]], "none", 3)[0]  # the base row is untouched
     assert add_bias(torch.zeros(1, 8), ["lean"], {"lean": {"3": 1.0}})[0, 3] == 1.0
     runtime.close()
+    zoo.put(zoo.get("lean").with_(logit_bias=None))  # retrained without one: the same runtime drops the old bias
+    assert runtime.generate_ids([[5, 6, 7]], "lean", 3) == before and "lean" not in runtime.logit_biases
+    runtime.close()
 
 
 def test_training_a_task_with_labels_calibrates_on_rows_it_did_not_train_on(tiny_base_dir, tmp_path, data_dir):

@@ -194,8 +194,9 @@ class UpstreamBackend:
             out["seed"] = body.seed
         if body.stops():
             out["stop"] = list(body.stops())
-        if self._logit_bias(model):  # the adapter's calibrated decision, as the zoo's own serving applies it
-            out["logit_bias"] = self._logit_bias(model)
+        bias = self._logit_bias(model)  # the adapter's calibrated decision, as the zoo's own serving applies it
+        if bias:
+            out["logit_bias"] = bias
         if body.stream:
             out["stream_options"] = {"include_usage": True}  # for the token metrics; dropped unless asked for
         return out

@@ -68,9 +68,11 @@ class Runtime:
             if name in self.adapters:
                 return
             self.zoo.require_healthy(name, self.loaded.ref, self.base_dims)
-            bias = self.zoo.get(name).logit_bias
-            if bias:
+            bias = self.zoo.get(name).logit_bias  # set or dropped on each load: after `close`, a retrained
+            if bias:                             # adapter without one must not keep the old one's
                 self.logit_biases[name] = check(bias, self.loaded.model.config.vocab_size, f"adapter {name!r}")
+            else:
+                self.logit_biases.pop(name, None)
             self._attach(name, self.zoo.adapter_dir(name))
 
     def _attach(self, name: str, folder) -> None:
