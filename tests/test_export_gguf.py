@@ -302,3 +302,22 @@ def test_llama_check_fails_on_each_bar_and_passes_near_ties():
     assert "margin error on the base" in failures([replace(ok, tie_bound=1.5)])[0]
     assert "f32 base" in failures([replace(ok, same_answers_f32=0.5)])[0]
     assert len(failures([replace(ok, tie_bound=float("nan"), same_answers_f32=float("nan"))])) == 2
+
+
+def test_the_llama_cpp_wheel_is_cached_per_cpu_instruction_set(tmp_path, monkeypatch):
+    """GGML_NATIVE compiles for the CPU it builds on (a wheel from a machine with AVX512 dies with SIGILL on one
+    without): the cache key and the venv's stamp follow the instruction sets and build flags, not other flags."""
+    from zoo.export import llama_check
+
+    avx2 = "processor : 0\nflags : fpu sse2 avx avx2 fma f16c ht\n"
+    assert llama_check.build_key(avx2) == llama_check.build_key(avx2.replace(" ht", " ht constant_tsc"))
+    assert llama_check.build_key(avx2) != llama_check.build_key(avx2.replace("f16c", "f16c avx512f avx512_bf16"))
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_NATIVE=OFF")
+    native_off = llama_check.build_key(avx2)
+    monkeypatch.delenv("CMAKE_ARGS")
+    assert native_off != llama_check.build_key(avx2)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    (venv / ".build").write_text("another machine's key")
+    assert not llama_check.venv_ready(venv)  # rebuilt from this CPU's wheel, not probed

@@ -93,6 +93,21 @@ def test_the_runtime_and_the_api_engine_answer_with_the_bias(tiny_base_dir, tmp_
     runtime.close()
 
 
+def test_first_token_logits_are_each_prompts_own_in_the_given_order(tiny_base_dir):
+    """Batched by length, left-padded: each row is what the prompt alone gives, in the order the prompts came."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_dir, dtype=torch.float32)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [4, 5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15], [9, 9]]
+    got = label_bias.first_token_logits(model, prompts, [1, 2, 3], pad=0, batch=2)
+    with torch.inference_mode():
+        want = torch.stack([model(input_ids=torch.tensor([p])).logits[0, -1, [1, 2, 3]] for p in prompts])
+    assert got.shape == (5, 3) and torch.allclose(got, want, atol=1e-4)
+    model.train()  # a model in training is left in training
+    label_bias.first_token_logits(model, prompts[:2], [1], pad=0)
+    assert model.training
+
+
 def test_training_a_task_with_labels_calibrates_on_rows_it_did_not_train_on(tiny_base_dir, tmp_path, data_dir):
     from dataclasses import replace
 

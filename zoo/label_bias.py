@@ -16,6 +16,7 @@ adapter's manifest entry (`Entry.logit_bias`), travels with it to the Hub, and i
 from __future__ import annotations
 
 import random
+import time
 
 from zoo.errors import ZooError
 
@@ -120,7 +121,7 @@ def calibrate(model, tokenizer, spec, pool: list[dict], data_dir, seed: int = 1)
         return None
     from zoo.prompting import task_prompt_ids
 
-    rng = random.Random(seed)
+    t0, rng = time.perf_counter(), random.Random(seed)
     prompts = [task_prompt_ids(tokenizer, spec, r, rng.randrange(len(spec.templates)), spec.train.max_seq_len)
                for r in rows]
     logits = first_token_logits(model, prompts, token_ids, tokenizer.pad_token_id or 0)
@@ -128,20 +129,22 @@ def calibrate(model, tokenizer, spec, pool: list[dict], data_dir, seed: int = 1)
     bias = fit(logits, gold)
     return {"rows": len(rows), "labels": list(spec.labels), "token_ids": token_ids, "bias": bias,
             "accuracy_before": round(accuracy(logits, gold, [0.0] * len(bias)), 4),
-            "accuracy_after": round(accuracy(logits, gold, bias), 4)}
+            "accuracy_after": round(accuracy(logits, gold, bias), 4), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def first_token_logits(model, prompts: list[list[int]], token_ids: list[int], pad: int, batch: int = 16):
-    """(rows, labels) logits of `token_ids` as each prompt's next token: left-padded batches, in eval mode."""
+    """(rows, labels) logits of `token_ids` as each prompt's next token, in the prompts' order: left-padded batches
+    of prompts of similar length (little padding to compute), in eval mode."""
     import torch
 
     device = next(model.parameters()).device
     was_training, out = model.training, []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, len(prompts), batch):
-                chunk = prompts[start:start + batch]
+                chunk = [prompts[i] for i in order[start:start + batch]]
                 width = max(map(len, chunk))
                 ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
                 mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
@@ -150,7 +153,8 @@ def first_token_logits(model, prompts: list[list[int]], token_ids: list[int], pa
                 out.append(logits[:, -1, token_ids].float().cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    logits = torch.cat(out)
+    return logits[torch.tensor(order).argsort()]
 
 
 def add_bias(logits, names: list[str], biases: dict[str, dict]):

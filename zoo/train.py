@@ -282,8 +282,8 @@ def calibrate_labels(model, run: TrainingRun, loaded, data_dir) -> dict | None:
     calibration = label_bias.calibrate(model, loaded.tokenizer, run.spec, run.pool, data_dir, run.spec.train.seed + 1)
     if calibration:
         print(f"[zoo] {run.name}: label bias {calibration['bias']} on {calibration['rows']} unseen training rows "
-              f"(accuracy there {calibration['accuracy_before']:.3f} -> {calibration['accuracy_after']:.3f})",
-              flush=True)
+              f"(accuracy there {calibration['accuracy_before']:.3f} -> {calibration['accuracy_after']:.3f}; "
+              f"{calibration['seconds']:.0f} s)", flush=True)
     return calibration
 
 

@@ -1,8 +1,9 @@
 """`make llama-check`: the zoo's adapters exported to GGUF and run in llama.cpp itself, against the PEFT adapters.
 
 llama-cpp-python publishes no wheel for this platform, so its source archive is built once into a cached wheel
-(`$ZOO_CACHE/wheels`, ~6 minutes on 2 cores) and installed into its own venv (`.venv-llama`): its server extras
-pin their own FastAPI/Starlette, and ggml's OpenMP runtime should not share a process with torch's, so llama.cpp
+(`$ZOO_CACHE/wheels/<build key>`, ~6 minutes on 2 cores; one per version, build flags and CPU instruction sets, as
+it is compiled for the CPU it is built on) and installed into its own venv (`.venv-llama`): its server extras pin
+their own FastAPI/Starlette, and ggml's OpenMP runtime should not share a process with torch's, so llama.cpp
 runs in a worker process (`zoo.export.llama_worker`) fed the very prompt token ids the PEFT side used.
 
 For each adapter, N validation prompts of its task (its own template): the first answer token, top-1, in
@@ -23,6 +24,7 @@ adapter (the base GGUF + that adapter's GGUF) plus `base`, for tests of `zoo ser
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -36,7 +38,12 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 VERSION = "0.3.36"
-CMAKE_ARGS = "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+# no llava/mtmd (multimodal: llama_cpp imports it only for image chat handlers), no curl, tests or examples
+CMAKE_ARGS = ("-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF "
+              "-DLLAMA_BUILD_EXAMPLES=OFF")
+# the instruction sets GGML_NATIVE compiles for: a wheel built where one is present dies (SIGILL) where it is not
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-llama"
 DOCS = ROOT / "docs" / "llamacpp.md"
@@ -65,8 +72,29 @@ def sdist_path() -> Path:
     return cache_root() / "sdist" / f"llama_cpp_python-{VERSION}.tar.gz"
 
 
+def cmake_args() -> str:
+    return os.environ.get("CMAKE_ARGS", CMAKE_ARGS)
+
+
+def build_key(cpuinfo: str | None = None) -> str:
+    """The version, the build flags and the CPU's instruction sets (`/proc/cpuinfo`): a cached wheel (the cache may
+    be shared by machines of different kinds) is reused only where it was built for the same."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    isa = sorted(set(flags.split(":", 1)[-1].split()) & set(ISA_FLAGS))
+    return hashlib.sha256(" ".join([VERSION, cmake_args(), *isa]).encode()).hexdigest()[:12]
+
+
+def wheel_dir() -> Path:
+    return cache_root() / "wheels" / build_key()
+
+
 def cached_wheel() -> Path | None:
-    found = sorted((cache_root() / "wheels").glob(f"llama_cpp_python-{VERSION}-*.whl"))
+    found = sorted(wheel_dir().glob(f"llama_cpp_python-{VERSION}-*.whl"))
     return found[-1] if found else None
 
 
@@ -93,12 +121,11 @@ def ensure_wheel() -> tuple[Path, bool]:
         return wheel, True
     sdist = ensure_sdist()
     print(f"[llama-check] building llama-cpp-python {VERSION} (once; ~6 minutes on 2 cores) ...", flush=True)
-    env = {**os.environ, "CMAKE_ARGS": os.environ.get("CMAKE_ARGS", CMAKE_ARGS),
-           "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-    _pip(sys.executable, "wheel", "--no-deps", str(sdist), "-w", str(cache_root() / "wheels"), env=env)
+    env = {**os.environ, "CMAKE_ARGS": cmake_args(), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    _pip(sys.executable, "wheel", "--no-deps", str(sdist), "-w", str(wheel_dir()), env=env)
     wheel = cached_wheel()
     if wheel is None:
-        raise ZooError(f"pip built no llama-cpp-python {VERSION} wheel into {cache_root() / 'wheels'}")
+        raise ZooError(f"pip built no llama-cpp-python {VERSION} wheel into {wheel_dir()}")
     return wheel, False
 
 
@@ -107,8 +134,9 @@ def venv_python(venv: Path = VENV) -> Path:
 
 
 def venv_ready(venv: Path = VENV) -> bool:
+    """The venv holds this version, built for this CPU (a checkout moved to another machine rebuilds it)."""
     python = venv_python(venv)
-    if not python.is_file():
+    if not python.is_file() or _read(venv / ".build") != build_key():
         return False
     probe = "import llama_cpp, fastapi, uvicorn; print(llama_cpp.__version__)"
     done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
@@ -123,7 +151,15 @@ def ensure_venv(venv: Path = VENV) -> Path:
     print(f"[llama-check] installing {wheel.name}[server] into {venv} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
     _pip(str(venv_python(venv)), "install", "-q", f"{wheel}[server]")
+    (venv / ".build").write_text(build_key())
     return venv_python(venv)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def converter_dir() -> Path | None:
@@ -232,13 +268,16 @@ def run_check(zoo_dir, n: int, data_dir=None, docs: Path = DOCS, train_examples:
         zoo = Zoo(zoo_dir) if zoo_dir else None
         if zoo is None or not zoo.healthy():
             zoo = Zoo(small_zoo(Path(tmp) / "zoo", train_examples, data_dir))
+        trained = time.perf_counter() - t0 - setup
         export = Path(tmp) / "gguf"
         export_gguf(zoo, zoo.healthy(), export, argparse.Namespace(outtype="f32", base_gguf=None))
         results = compare_zoo(zoo, export, python, n, data_dir)
     wall = time.perf_counter() - t0
     context = {"zoo": str(zoo_dir or f"small zoo trained here ({train_examples} examples per task)"),
                "llama-cpp-python": VERSION, "wheel": "cached" if cached else "built in this run",
-               "setup s": f"{setup:.0f}", "wall s": f"{wall:.0f}", "cpus": os.cpu_count(),
+               "setup s": f"{setup:.0f}", "training s": f"{trained:.0f}",
+               "export and comparisons s": f"{wall - setup - trained:.0f}", "wall s": f"{wall:.0f}",
+               "cpus": os.cpu_count(),
                "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
     write_docs(docs, results, context, BEGIN, END)
     print(table(results))
