@@ -193,11 +193,18 @@ def _cpu_has_bf16() -> bool:
 
     if torch.backends.cpu.get_cpu_capability() != "AVX512":
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (the `flags` line of `/proc/cpuinfo`, or of the text given); none where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
 
 
 def _fused_nf4_only_with_bf16(model) -> None:

@@ -79,13 +79,9 @@ def cmake_args() -> str:
 def build_key(cpuinfo: str | None = None) -> str:
     """The version, the build flags and the CPU's instruction sets (`/proc/cpuinfo`): a cached wheel (the cache may
     be shared by machines of different kinds) is reused only where it was built for the same."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    isa = sorted(set(flags.split(":", 1)[-1].split()) & set(ISA_FLAGS))
+    from zoo.base import cpu_flags
+
+    isa = sorted(cpu_flags(cpuinfo) & set(ISA_FLAGS))
     return hashlib.sha256(" ".join([VERSION, cmake_args(), *isa]).encode()).hexdigest()[:12]
 
 
