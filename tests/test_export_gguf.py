@@ -321,3 +321,18 @@ def test_the_llama_cpp_wheel_is_cached_per_cpu_instruction_set(tmp_path, monkeyp
     (venv / "bin" / "python").write_text("")
     (venv / ".build").write_text("another machine's key")
     assert not llama_check.venv_ready(venv)  # rebuilt from this CPU's wheel, not probed
+
+
+def test_the_small_zoo_trains_alone_for_ci_to_share(tmp_path, monkeypatch):
+    """`--train-zoo DIR` trains what the check trains when given no zoo (every built-in task, 256 examples, no
+    router), into DIR, and stops there: .ci/run shares it between the vLLM and llama.cpp checks."""
+    from zoo import cli
+    from zoo.export import llama_check
+
+    calls = []
+    monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or 0)
+    monkeypatch.setattr(llama_check, "ensure_venv", lambda: pytest.fail("training alone builds no llama.cpp"))
+    assert llama_check.main(["--train-zoo", str(tmp_path / "zoo")]) == 0
+    assert calls == [["train", "--all", "--max-examples", "256", "--no-router", "--zoo", str(tmp_path / "zoo")]]
+    monkeypatch.setattr(cli, "main", lambda argv: 1)
+    assert llama_check.main(["--train-zoo", str(tmp_path / "zoo")]) == 1

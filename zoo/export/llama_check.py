@@ -305,10 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-examples", type=int, default=TRAIN_EXAMPLES,
                    help=f"examples per task for the small zoo (default {TRAIN_EXAMPLES})")
     p.add_argument("--setup-only", action="store_true", help="build/reuse the wheel and venv, then stop")
+    p.add_argument("--train-zoo", type=Path, metavar="DIR",
+                   help="train the small zoo the check trains when given none into DIR, then stop (CI trains one "
+                        "for both engine checks)")
     args = p.parse_args(argv)
     try:
         if args.setup_only:
             print(f"[llama-check] {ensure_venv()} ready")
+            return 0
+        if args.train_zoo:
+            small_zoo(args.train_zoo, args.train_examples, args.data_dir)
             return 0
         return run_check(args.zoo, args.n, args.data_dir, args.docs, args.train_examples)
     except ZooError as e:
