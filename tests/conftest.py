@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# the hub tests' zoo, its published folders and the fake Hub (tests/test_push.py, test_pull.py, test_hostile.py)
+pytest_plugins = ["tests.hub_zoo"]
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -1,5 +1,5 @@
 """The hostile corpus (issue 16), built here in temporary folders: a real published adapter (`zoo push --dry-run`
-of a tiny adapter, as tests/test_hub.py makes them) with one attack applied per copy.
+of a tiny adapter, as tests/hub_zoo.py makes them) with one attack applied per copy.
 
 Pulled, every copy is refused: exit 2, one line, within seconds, the target zoo byte for byte as it was and no
 file of the corpus's choosing written anywhere. Planted straight into a zoo folder (no pull), each is listed as
@@ -252,7 +252,7 @@ def test_a_real_token_is_used_and_never_written(user_zoo, tiny_base_dir, tmp_pat
     pull, list or doctor."""
     import huggingface_hub.constants as c
 
-    from tests.test_hub import FakeHub
+    from tests.hub_zoo import FakeHub
 
     token = "hf_CachedLoginToken0123456789abcdefXYZ"
     login = tmp_path / "hf-home" / "token"
