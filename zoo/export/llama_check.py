@@ -239,10 +239,11 @@ def _wait_ready(url: str, proc, log, timeout: float) -> None:
 
 # the check ------------------------------------------------------------------------------------------------------------
 def small_zoo(root: Path, examples: int, data_dir=None) -> Path:
-    """No trained zoo given: train the built-in tasks briefly (`zoo train --all --max-examples N`) into `root`."""
+    """The zoo the check trains when given none (or `--train-zoo`): the built-in tasks briefly (`zoo train --all
+    --max-examples N`) into `root`."""
     from zoo.cli import main
 
-    print(f"[llama-check] no trained adapters: training small ones ({examples} examples each) in {root}", flush=True)
+    print(f"[llama-check] training small adapters ({examples} examples each) in {root}", flush=True)
     # no router: the export's routes fall back to each adapter's task, and its fit costs CI a minute or more
     argv = ["train", "--all", "--max-examples", str(examples), "--no-router", "--zoo", str(root)]
     if main(argv + (["--data-dir", str(data_dir)] if data_dir else [])):
