@@ -22,8 +22,6 @@ from zoo.store import Zoo
 TOKEN = "hf_TestSecretToken1234567890abcdefXYZ"
 EVAL = {"task": "sentiment", "name": "sent", "n": 50, "split": "validation", "seed": 0, "metric": "accuracy",
         "base": {"accuracy": 0.52, "macro_f1": 0.41}, "adapter": {"accuracy": 0.86, "macro_f1": 0.855}}
-ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "task.json", "training.json",
-                 "zoo_entry.json"]
 
 
 def _png() -> bytes:

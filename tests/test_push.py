@@ -11,11 +11,15 @@ from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from tests import helpers
-from tests.hub_zoo import ADAPTER_FILES, EVAL, TOKEN, FakeHub, all_bytes, push
+from tests.hub_zoo import EVAL, TOKEN, FakeHub, all_bytes, push
 from zoo.cli import main
 from zoo.manifest import BaseInfo
 from zoo.outdir import MARKER
 from zoo.store import Zoo
+
+# what `zoo push` writes for each adapter (besides its report plot, when there is one)
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "task.json", "training.json",
+                 "zoo_entry.json"]
 
 
 # push --dry-run ----------------------------------------------------------------------------------------------------
