@@ -120,3 +120,21 @@ def test_no_dense_copies_over_the_cap_or_in_training(nf4_model, monkeypatch):
     layer.train()
     x = torch.randn(1, dense.MIN_ROWS + 1, layer.in_features)
     assert torch.equal(layer(x), type(layer).forward(layer, x))
+
+
+def test_copies_for_a_block_of_inference_are_dropped_after_it_and_a_runtimes_stay(tiny_base_dir):
+    """A training process scoring its new adapter (`zoo.label_bias`) gets copies for the block only."""
+    model, served = _nf4(tiny_base_dir), _nf4(tiny_base_dir)
+    layers = dense._nf4_layers(model)
+    ids = torch.randint(5, 500, (1, dense.MIN_ROWS + 5))
+    with dense.dense_for_inference(model), torch.inference_mode():
+        assert all(layer._zoo_dense is not None for layer in layers)
+        inside = model(input_ids=ids).logits
+    assert all(layer._zoo_dense is None and "forward" not in vars(layer) for layer in layers)
+    with torch.inference_mode():
+        after = model(input_ids=ids).logits  # bitsandbytes' own path
+    torch.testing.assert_close(inside, after, atol=5e-3, rtol=2e-2)  # a fused kernel rounds inputs to bf16
+    dense.use_dense_weights(served)
+    with dense.dense_for_inference(served):
+        pass
+    assert all(layer._zoo_dense is not None for layer in dense._nf4_layers(served))

@@ -85,6 +85,23 @@ def test_nf4_base_is_shared_between_calls(tiny_base_dir):
     assert any("4bit" in type(m).__name__ for m in a.model.modules())
 
 
+def test_the_lm_head_reads_a_contiguous_last_position(tiny_base_dir):
+    """A batch scored at its last position only (`logits_to_keep=1`) hands the head a strided view, which torch's
+    CPU matmul serves by copying the head's weight per row; the base's head gets it contiguous, same logits."""
+    model = load_base(tiny_base_dir).model
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    ids = torch.randint(5, 500, (3, 9))
+    try:
+        with torch.inference_mode():
+            last = model(input_ids=ids, logits_to_keep=1).logits
+            full = model(input_ids=ids).logits
+    finally:
+        hook.remove()
+    assert seen[0].shape == (3, 1, model.config.hidden_size) and all(x.is_contiguous() for x in seen)
+    torch.testing.assert_close(last[:, 0], full[:, -1])
+
+
 def test_the_same_weights_by_another_name_share_the_model_and_keep_their_name(tiny_base_dir, tmp_path):
     """A base loaded by one name (its folder), then by another (a link to it): one model in memory, and each
     caller's name, so a manifest records what its command named, whatever loaded first in the process."""

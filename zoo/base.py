@@ -270,10 +270,25 @@ def _load(ref: BaseRef, quant: bool, device: str, dtype) -> LoadedBase:
         _fused_nf4_only_with_bf16(model)
     model.eval()
     model.requires_grad_(False)  # attention stays as loaded: each phase picks its own (zoo.serving.attention)
+    _contiguous_head_input(model)
     tok = AutoTokenizer.from_pretrained(ref.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return LoadedBase(model, tok, ref, quant, dtype, device)
+
+
+def _contiguous_head_input(model) -> None:
+    """Hand the LM head a contiguous input. For its last position only (`logits_to_keep=1`, as in a batched
+    prefill) transformers passes `hidden[:, -1:]`, a strided view, and torch's CPU matmul then copies the whole
+    (vocab, hidden) weight once per row: 0.82 s a call for 16 rows in bf16 against 4 ms from a contiguous input
+    (fp32: 77 against 28 ms; 2 cores, SmolLM2's 49,152 x 576 head). The same numbers either way."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_first_arg)
+
+
+def _contiguous_first_arg(module, args):
+    return (args[0].contiguous(), *args[1:]) if args else None
 
 
 def quiet_bitsandbytes() -> None:

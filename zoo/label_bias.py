@@ -120,11 +120,13 @@ def calibrate(model, tokenizer, spec, pool: list[dict], data_dir, seed: int = 1)
     if not rows:
         return None
     from zoo.prompting import task_prompt_ids
+    from zoo.serving.dense import dense_for_inference
 
     t0, rng = time.perf_counter(), random.Random(seed)
     prompts = [task_prompt_ids(tokenizer, spec, r, rng.randrange(len(spec.templates)), spec.train.max_seq_len)
                for r in rows]
-    logits = first_token_logits(model, prompts, token_ids, tokenizer.pad_token_id or 0)
+    with dense_for_inference(model):  # the training process keeps no copies; NF4 would dequantize every pass
+        logits = first_token_logits(model, prompts, token_ids, tokenizer.pad_token_id or 0)
     gold = [list(spec.labels).index(spec.references(r)[0]) for r in rows]
     bias = fit(logits, gold)
     return {"rows": len(rows), "labels": list(spec.labels), "token_ids": token_ids, "bias": bias,

@@ -21,8 +21,9 @@ from pathlib import Path
 from zoo.errors import ZooError
 
 OUT = Path(__file__).resolve().parents[2] / "docs" / "learning-curves"
-FLAGS = {"lr": "--lr", "rank": "--rank", "layers": "--layers", "row_tokens": "--row-tokens",
-         "batch_size": "--batch-size", "epochs": "--epochs", "max_seq_len": "--max-seq-len"}
+FLAGS = {"lr": "--lr", "rank": "--rank", "alpha": "--alpha", "layers": "--layers", "targets": "--targets",
+         "dropout": "--dropout", "row_tokens": "--row-tokens", "batch_size": "--batch-size", "epochs": "--epochs",
+         "warmup_ratio": "--warmup-ratio", "max_seq_len": "--max-seq-len"}
 
 
 def point_key(task: str, examples: int, setting: dict) -> str:

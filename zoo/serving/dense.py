@@ -12,6 +12,7 @@ repacks its weights for its CPU kernel (and they could no longer be made from it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import types
@@ -53,11 +54,27 @@ def use_dense_for_training(model):
     """Training passes (forward and the input gradient of backward) through dense copies too: the frozen weight
     is dequantized once per run instead of twice per step. Returns the undo: copies made here are dropped, a
     serving runtime's stay. No copies (over the cap, not a CPU, repacked layers): nothing changes."""
+    return _copies_for_a_while(model, training=True)
+
+
+@contextlib.contextmanager
+def dense_for_inference(model):
+    """Dense copies for a block of inference passes in a process that does not keep them (a training process
+    scoring its new adapter, `zoo.label_bias`): without the fused kernel NF4 dequantizes every weight on every
+    call. Copies made here are dropped after the block."""
+    undo = _copies_for_a_while(model, training=False)
+    try:
+        yield
+    finally:
+        undo()
+
+
+def _copies_for_a_while(model, training: bool):
     had = {id(m) for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None}
     use_dense_weights(model)
     layers = [m for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None]
     for layer in layers:
-        layer._zoo_dense_training = True
+        layer._zoo_dense_training = training
 
     def undo():
         for layer in layers:
