@@ -134,7 +134,11 @@ def test_copies_for_a_block_of_inference_are_dropped_after_it_and_a_runtimes_sta
     with torch.inference_mode():
         after = model(input_ids=ids).logits  # bitsandbytes' own path
     torch.testing.assert_close(inside, after, atol=5e-3, rtol=2e-2)  # a fused kernel rounds inputs to bf16
-    dense.use_dense_weights(served)
+    dense.use_dense_weights(served)  # a runtime's copies, then a block of training with an inference block in it
+    served_layers = dense._nf4_layers(served)
+    undo_training = dense.use_dense_for_training(served)
     with dense.dense_for_inference(served):
-        pass
-    assert all(layer._zoo_dense is not None for layer in dense._nf4_layers(served))
+        assert not any(layer._zoo_dense_training for layer in served_layers)
+    assert all(layer._zoo_dense_training for layer in served_layers)
+    undo_training()
+    assert all(layer._zoo_dense is not None and not layer._zoo_dense_training for layer in served_layers)

@@ -125,7 +125,7 @@ def calibrate(model, tokenizer, spec, pool: list[dict], data_dir, seed: int = 1)
     t0, rng = time.perf_counter(), random.Random(seed)
     prompts = [task_prompt_ids(tokenizer, spec, r, rng.randrange(len(spec.templates)), spec.train.max_seq_len)
                for r in rows]
-    with dense_for_inference(model):  # the training process keeps no copies; NF4 would dequantize every pass
+    with dense_for_inference(model):  # training dropped its copies; serving prefills through them too
         logits = first_token_logits(model, prompts, token_ids, tokenizer.pad_token_id or 0)
     gold = [list(spec.labels).index(spec.references(r)[0]) for r in rows]
     bias = fit(logits, gold)

@@ -70,7 +70,9 @@ def dense_for_inference(model):
 
 
 def _copies_for_a_while(model, training: bool):
-    had = {id(m) for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None}
+    """Copies on every NF4 layer that can have one, used in training passes too if `training`; the undo drops
+    the ones made here and gives the others back their earlier use."""
+    had = {id(m): m._zoo_dense_training for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None}
     use_dense_weights(model)
     layers = [m for m in _nf4_layers(model) if getattr(m, "_zoo_dense", None) is not None]
     for layer in layers:
@@ -78,9 +80,10 @@ def _copies_for_a_while(model, training: bool):
 
     def undo():
         for layer in layers:
-            layer._zoo_dense_training = False
-            if id(layer) not in had:
-                layer._zoo_dense = None
+            if id(layer) in had:
+                layer._zoo_dense_training = had[id(layer)]
+            else:
+                layer._zoo_dense, layer._zoo_dense_training = None, False
                 del layer.forward  # back to the class's Linear4bit.forward
     return undo
 
