@@ -60,8 +60,8 @@ def use_dense_for_training(model):
 @contextlib.contextmanager
 def dense_for_inference(model):
     """Dense copies for a block of inference passes in a process that does not keep them (a training process
-    scoring its new adapter, `zoo.label_bias`): without the fused kernel NF4 dequantizes every weight on every
-    call. Copies made here are dropped after the block."""
+    scoring its new adapter, `zoo.label_bias`): long passes run faster on them, as the runtime's prefill does.
+    Copies made here are dropped after the block."""
     undo = _copies_for_a_while(model, training=False)
     try:
         yield
