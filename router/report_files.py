@@ -128,7 +128,8 @@ def latency_lines(result: dict) -> list[str]:
              f"| classifier with its features | {lat['classifier_ms']['p50']:.2f} | {lat['classifier_ms']['p95']:.2f} |"]
     if lat["embedding_ms"]:
         emb = lat["embedding_ms"]
-        lines.append(f"| of which the embedding model (MiniLM) | {emb['p50']:.2f} | {emb['p95']:.2f} |")
+        backend = f", {lat['embedding_backend']}" if lat.get("embedding_backend") else ""
+        lines.append(f"| of which the embedding model (MiniLM{backend}) | {emb['p50']:.2f} | {emb['p95']:.2f} |")
     return lines
 
 
