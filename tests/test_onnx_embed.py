@@ -15,8 +15,9 @@ def _torch_twin(embedder: Embedder) -> Embedder:
     return twin
 
 
-def test_onnxruntime_gives_the_torch_paths_vectors():
-    embedder = Embedder.get()
+def test_onnxruntime_gives_the_torch_paths_vectors(monkeypatch):
+    monkeypatch.setenv(onnx_embed.BACKEND_ENV, "onnx")  # whatever the environment asks of the shared embedder
+    embedder = Embedder()
     assert embedder.backend == "onnxruntime", "onnxruntime and onnx are dependencies: is the venv up to date?"
     texts = ["Summarize this chat, please.", "", "What is the capital of France?",
              "a long passage that runs past MiniLM's 256 tokens " * 60, "Ok.", "Is this review positive?"]
