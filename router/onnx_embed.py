@@ -85,8 +85,11 @@ def exported(model_dir: Path) -> Path:
     with file_lock(target.with_suffix(".lock")):
         if not target.is_file():
             partial = target.with_suffix(f".{os.getpid()}.part")
-            _export(model_dir, partial)
-            os.replace(partial, target)
+            try:
+                _export(model_dir, partial)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
     return target
 
 

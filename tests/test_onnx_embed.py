@@ -48,13 +48,14 @@ def test_an_export_that_fails_or_breaks_leaves_torch_with_a_note(tmp_path, monke
     assert not list((tmp_path / "router").glob("*.onnx"))  # dropped: the next process exports it again
 
     def refuse(model_dir, out):
+        out.write_bytes(b"half a")
         raise RuntimeError("no exporter here")
 
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other"))
     monkeypatch.setattr(onnx_embed, "_export", refuse)
     assert onnx_embed.encoder(get_model_path()) is None
     assert "no exporter here" in capsys.readouterr().out
-    assert not list((tmp_path / "other" / "router").glob("*.onnx"))
+    assert sorted(p.suffix for p in (tmp_path / "other" / "router").iterdir()) == [".lock"]  # nothing half-written
 
 
 def test_the_backend_setting(monkeypatch):
