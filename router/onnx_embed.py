@@ -85,6 +85,7 @@ def exported(model_dir: Path) -> Path:
     with file_lock(target.with_suffix(".lock")):
         if not target.is_file():
             partial = target.with_suffix(f".{os.getpid()}.part")
+            print(f"[zoo] router: exporting MiniLM to ONNX once ({target})", flush=True)
             try:
                 _export(model_dir, partial)
                 os.replace(partial, target)
