@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def encoder(model_dir: Path) -> OnnxEncoder | None:
     except Exception as e:  # noqa: BLE001 - any failure of an optional speed-up leaves the torch path
         if onnx_file is not None:
             onnx_file.unlink(missing_ok=True)  # a file that does not load is exported again next time
-        print(f"[zoo] router: MiniLM runs in torch ({type(e).__name__}: {str(e)[:120]})", flush=True)
+        print(f"[zoo] router: MiniLM runs in torch ({type(e).__name__}: {str(e)[:120]})", file=sys.stderr,
+              flush=True)  # stderr: `zoo route --json` prints JSON lines on stdout
         return None
 
 
@@ -85,7 +87,7 @@ def exported(model_dir: Path) -> Path:
     with file_lock(target.with_suffix(".lock")):
         if not target.is_file():
             partial = target.with_suffix(f".{os.getpid()}.part")
-            print(f"[zoo] router: exporting MiniLM to ONNX once ({target})", flush=True)
+            print(f"[zoo] router: exporting MiniLM to ONNX once ({target})", file=sys.stderr, flush=True)
             try:
                 _export(model_dir, partial)
                 os.replace(partial, target)

@@ -44,7 +44,7 @@ def test_an_export_that_fails_or_breaks_leaves_torch_with_a_note(tmp_path, monke
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path))
     monkeypatch.setattr(onnx_embed, "_export", lambda model_dir, out: out.write_bytes(b"not an onnx file"))
     assert onnx_embed.encoder(get_model_path()) is None
-    assert "MiniLM runs in torch" in capsys.readouterr().out
+    assert "MiniLM runs in torch" in capsys.readouterr().err
     assert not list((tmp_path / "router").glob("*.onnx"))  # dropped: the next process exports it again
 
     def refuse(model_dir, out):
@@ -54,7 +54,7 @@ def test_an_export_that_fails_or_breaks_leaves_torch_with_a_note(tmp_path, monke
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "other"))
     monkeypatch.setattr(onnx_embed, "_export", refuse)
     assert onnx_embed.encoder(get_model_path()) is None
-    assert "no exporter here" in capsys.readouterr().out
+    assert "no exporter here" in capsys.readouterr().err
     assert sorted(p.suffix for p in (tmp_path / "other" / "router").iterdir()) == [".lock"]  # nothing half-written
 
 
